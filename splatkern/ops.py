@@ -1,0 +1,239 @@
+"""The public op: argument checks, backend choice, and its torch.library registrations.
+
+``splat_render`` checks what can be checked from shapes, dtypes and devices (static, so
+``torch.compile`` keeps it), flattens the batch, and hands contiguous float32/float64 tensors to
+one backend. Value checks (finite inputs, sigmas > 0) run inside the backend's op, where
+``torch.compile`` cannot drop them. The math itself is stated once, in ``reference.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import torch
+
+from splatkern import _extension
+from splatkern.reference import splat_render_reference
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+# "auto" takes the first available backend for the tensors' device.
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+def _triton_usable(device_type: str) -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    # The Triton interpreter runs kernels on CPU tensors: how the Triton code is tested without a GPU.
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """The backends that can run on `device` in this installation, in "auto"'s order of preference."""
+    device_type = torch.device(device).type
+    usable = {
+        "reference": True,
+        "cpu": device_type == "cpu" and _extension.has_kernels("CPU"),
+        "cuda": device_type == "cuda" and _extension.has_kernels("CUDA"),
+        "triton": _triton_usable(device_type),
+    }
+    order = AUTO_ORDER.get(device_type, ("reference",))
+    # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
+    return [name for name in dict.fromkeys((*order, "triton")) if usable[name]]
+
+
+def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor) -> None:
+    """The value checks of the Python backends; the C++ ones run the same in csrc/splat.cpp."""
+    if not torch.isfinite(means).all():
+        raise ValueError("splat_render: means must be finite (found NaN or inf)")
+    if not torch.isfinite(sigmas).all():
+        raise ValueError("splat_render: sigmas must be finite (found NaN or inf)")
+    if not (sigmas > 0).all():
+        raise ValueError("splat_render: sigmas must be > 0 (found a value <= 0)")
+    if not torch.isfinite(amps).all():
+        raise ValueError("splat_render: amps must be finite (found NaN or inf)")
+
+
+# --- torch.library registrations: one forward/backward op pair per fused backend ------------------
+
+
+def _fake_forward(means, sigmas, amps, height, width, deterministic):
+    torch._check(means.dim() == 3 and means.shape[2] == 2, lambda: "splat_forward: means must be [B, N, 2]")
+    torch._check(sigmas.shape == means.shape[:2], lambda: "splat_forward: sigmas must be [B, N]")
+    torch._check(amps.shape == sigmas.shape, lambda: "splat_forward: amps must be [B, N]")
+    batch = means.shape[0]
+    return means.new_empty(batch, height, width), means.new_empty(batch, height, width, dtype=torch.int32)
+
+
+def _fake_backward(grad_image, means, sigmas, amps, index, deterministic):
+    torch._check(index.shape == grad_image.shape, lambda: "splat_backward: index must match grad_image")
+    return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)
+
+
+def _register(forward_op, backward_op) -> None:
+    """Fake tensors for both ops, and autograd for the forward through the analytic backward op."""
+
+    def setup_context(ctx, inputs, output):
+        means, sigmas, amps, _height, _width, deterministic = inputs
+        _image, index = output
+        ctx.save_for_backward(means, sigmas, amps, index)
+        ctx.deterministic = deterministic
+        ctx.mark_non_differentiable(index)
+
+    def backward(ctx, grad_image, _grad_index):
+        means, sigmas, amps, index = ctx.saved_tensors
+        grads = backward_op(grad_image.contiguous(), means, sigmas, amps, index, ctx.deterministic)
+        return (*grads, None, None, None)
+
+    torch.library.register_fake(forward_op)(_fake_forward)
+    torch.library.register_fake(backward_op)(_fake_backward)
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+if _extension.LOAD_ERROR is None:
+    _register("splatkern::splat_forward", torch.ops.splatkern.splat_backward.default)
+
+
+@torch.library.custom_op("splatkern::splat_forward_triton", mutates_args=())
+def _triton_forward(
+    means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int, deterministic: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only when used
+
+    check_values(means, sigmas, amps)
+    return triton_kernels.forward(means, sigmas, amps, height, width)
+
+
+@torch.library.custom_op("splatkern::splat_backward_triton", mutates_args=())
+def _triton_backward(
+    grad_image: torch.Tensor,
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    amps: torch.Tensor,
+    index: torch.Tensor,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from splatkern import triton_kernels  # noqa: PLC0415
+
+    return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+
+
+_register("splatkern::splat_forward_triton", _triton_backward)
+
+_FUSED_FORWARD = {
+    "cpu": lambda: torch.ops.splatkern.splat_forward,
+    "cuda": lambda: torch.ops.splatkern.splat_forward,
+    "triton": lambda: _triton_forward,
+}
+
+
+# --- the public entry -----------------------------------------------------------------------------
+
+
+def _check_size(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"splat_render: {name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"splat_render: {name} must be >= 1, got {value}")
+
+
+def _check_arguments(means, sigmas, amps, height, width, backend) -> None:
+    for name, tensor in (("means", means), ("sigmas", sigmas), ("amps", amps)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"splat_render: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.dtype.is_floating_point:
+            raise TypeError(f"splat_render: {name} must be a floating-point tensor, got {tensor.dtype}")
+    if means.dim() < 2 or means.shape[-1] != 2:
+        raise ValueError(f"splat_render: means must have shape [..., N, 2], got {list(means.shape)}")
+    if sigmas.shape != means.shape[:-1]:
+        raise ValueError(
+            f"splat_render: sigmas must have shape [..., N] = {list(means.shape[:-1])} to match means, "
+            f"got {list(sigmas.shape)}"
+        )
+    if amps.shape != sigmas.shape:
+        raise ValueError(
+            f"splat_render: amps must have shape [..., N] = {list(sigmas.shape)} to match means, got {list(amps.shape)}"
+        )
+    if not (means.dtype == sigmas.dtype == amps.dtype):
+        raise TypeError(
+            f"splat_render: means, sigmas and amps must share one dtype, got {means.dtype}, {sigmas.dtype}, {amps.dtype}"
+        )
+    if not (means.device == sigmas.device == amps.device):
+        raise ValueError(
+            f"splat_render: means, sigmas and amps must be on one device, got {means.device}, {sigmas.device}, {amps.device}"
+        )
+    _check_size("height", height)
+    _check_size("width", width)
+    if backend not in BACKENDS:
+        raise ValueError(f"splat_render: unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    available = available_backends(device)
+    if backend == "auto":
+        return available[0]
+    if backend not in available:
+        raise ValueError(
+            f"splat_render: backend {backend!r} is not available for {device.type} tensors here; "
+            f"available: {available}" + (f" (extension: {_extension.LOAD_ERROR})" if _extension.LOAD_ERROR else "")
+        )
+    return backend
+
+
+def splat_render(
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    amps: torch.Tensor | None = None,
+    *,
+    height: int,
+    width: int,
+    backend: str = "auto",
+    return_index: bool = False,
+    deterministic: bool | None = None,
+):
+    """Draw Gaussian markers and composite them with a max: the contract is
+    :func:`splatkern.reference.splat_render_reference`'s docstring.
+
+    Args:
+        means: ``[..., N, 2]`` marker centres ``(x, y)`` in pixels (pixel ``(i, j)`` is at ``x=j, y=i``).
+        sigmas: ``[..., N]`` standard deviations in pixels, ``> 0``.
+        amps: ``[..., N]`` intensities; ``None`` means 1.
+        height, width: the canvas size in pixels.
+        backend: ``"auto"`` (the fastest available for the device), ``"reference"``, ``"cpu"``,
+            ``"cuda"`` or ``"triton"``; :func:`available_backends` lists what this install has.
+        return_index: also return the int32 winner map ``[..., H, W]`` (``-1`` where N = 0).
+        deterministic: bit-reproducible backward on GPU backends; ``None`` follows
+            ``torch.are_deterministic_algorithms_enabled()``. The CPU kernel is always deterministic.
+
+    float32 and float64 are computed natively; float16 and bfloat16 in float32, returned in the
+    input dtype. Bad input raises ``TypeError`` / ``ValueError`` naming the argument.
+    """
+    if amps is None and isinstance(sigmas, torch.Tensor):
+        amps = torch.ones_like(sigmas)
+    _check_arguments(means, sigmas, amps, height, width, backend)
+    chosen = _pick_backend(backend, means.device)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+
+    batch_shape, n_markers = means.shape[:-2], means.shape[-2]
+    batch = math.prod(batch_shape)
+    compute_dtype = means.dtype if means.dtype in (torch.float32, torch.float64) else torch.float32
+    flat_means = means.to(compute_dtype).reshape(batch, n_markers, 2).contiguous()
+    flat_sigmas = sigmas.to(compute_dtype).reshape(batch, n_markers).contiguous()
+    flat_amps = amps.to(compute_dtype).reshape(batch, n_markers).contiguous()
+
+    if chosen == "reference":
+        if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it (README)
+            check_values(flat_means, flat_sigmas, flat_amps)
+        image, index = splat_render_reference(flat_means, flat_sigmas, flat_amps, height, width)
+    else:
+        forward = _FUSED_FORWARD[chosen]()
+        image, index = forward(flat_means, flat_sigmas, flat_amps, height, width, deterministic)
+
+    image = image.reshape(*batch_shape, height, width).to(means.dtype)
+    if return_index:
+        return image, index.reshape(*batch_shape, height, width)
+    return image
