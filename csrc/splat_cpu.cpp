@@ -11,8 +11,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -52,23 +54,59 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
 template <typename scalar_t>
 constexpr scalar_t kFlushExponent = scalar_t(-0.5) * std::log(std::numeric_limits<scalar_t>::min());
 
-template <typename scalar_t>
-scalar_t axis_factor(scalar_t exponent) {
-  return exponent > kFlushExponent<scalar_t> ? scalar_t(0) : std::exp(-exponent);
-}
-
-// Rows of the forward's scratch are padded to this many elements, so the vectorised loop has no
-// scalar remainder even for 28-pixel-wide images (the padding columns are factors of zero).
-constexpr int64_t kRowPad = 16;
-
-// The hot loop: per pixel and marker one multiply, one compare and two selects. Written with a
-// mask so the compiler vectorises it, built for several ISAs with the fastest picked at load time.
+// The hot loops are written branch-free so the compiler vectorises them, and are built for
+// several ISAs with the fastest picked at load time.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SPLATKERN_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SPLATKERN_ISA_CLONES
 #endif
 
+// exp(-x) for x in [0, kFlushExponent<float>]: Cephes' expf polynomial (about 1 ulp), inlined and
+// branch-free so the factor loops vectorise; libm's expf, a call per element, made the (W + H)
+// exps per marker cost more than the W * H pixel updates. Out-of-range x gives garbage that the
+// caller masks off.
+inline __attribute__((always_inline)) float exp_neg(float x) {
+  const float shifted = -x * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
+  const float n = shifted - 12582912.0f;
+  const int32_t n_bits = std::bit_cast<int32_t>(shifted) - 0x4B400000;
+  const float r = -x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((n_bits + 127) << 23);  // times 2^n
+}
+
+inline double exp_neg(double x) { return std::exp(-x); }
+
+// `value` where `keep`, else +0: a bit mask rather than a select, which the vectoriser if-converts.
+template <typename scalar_t>
+inline __attribute__((always_inline)) scalar_t keep_or_zero(bool keep, scalar_t value) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  return std::bit_cast<scalar_t>(std::bit_cast<bits_t>(value) & -static_cast<bits_t>(keep));
+}
+
+// out[k] = scale * exp(-((offset + k) / sigma)^2 / 2), flushed: one axis of a marker's Gaussian.
+// Dividing by sigma (not multiplying by 1/sigma^2) keeps the centre exact when sigma^2 underflows.
+template <typename scalar_t>
+SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int32_t count, scalar_t offset, scalar_t sigma,
+                                       scalar_t scale) {
+  for (int32_t k = 0; k < count; ++k) {
+    const scalar_t z = (offset + scalar_t(k)) / sigma;
+    const scalar_t exponent = scalar_t(0.5) * z * z;
+    out[k] = keep_or_zero(exponent <= kFlushExponent<scalar_t>, scale * exp_neg(exponent));
+  }
+}
+
+// Rows of the forward's scratch are padded to this many elements, so the vectorised loop has no
+// scalar remainder even for 28-pixel-wide images (the padding columns are factors of zero).
+constexpr int64_t kRowPad = 16;
+
+// The hot loop: per pixel and marker one multiply, one compare and two selects.
 template <typename scalar_t>
 SPLATKERN_ISA_CLONES void composite_tile(scalar_t* __restrict__ best, int32_t* __restrict__ win,
                                          const scalar_t* __restrict__ col_factors,
@@ -114,17 +152,9 @@ void forward_tile(const scalar_t* means, const scalar_t* sigmas, const scalar_t*
   scratch.win.resize(tile.rows * padded_width);
   for (int64_t n = 0; n < n_markers; ++n) {
     const scalar_t mx = means[2 * n], my = means[2 * n + 1];
-    const scalar_t inv_2s2 = scalar_t(0.5) / (sigmas[n] * sigmas[n]);
-    scalar_t* cols = scratch.col_factors.data() + n * padded_width;
-    for (int64_t j = 0; j < width; ++j) {
-      const scalar_t dx = scalar_t(j) - mx;
-      cols[j] = amps[n] * axis_factor(dx * dx * inv_2s2);
-    }
-    scalar_t* rows = scratch.row_factors.data() + n * tile.rows;
-    for (int64_t r = 0; r < tile.rows; ++r) {
-      const scalar_t dy = scalar_t(tile.row0 + r) - my;
-      rows[r] = axis_factor(dy * dy * inv_2s2);
-    }
+    axis_factors(scratch.col_factors.data() + n * padded_width, static_cast<int32_t>(width), -mx, sigmas[n], amps[n]);
+    axis_factors(scratch.row_factors.data() + n * tile.rows, static_cast<int32_t>(tile.rows),
+                 scalar_t(tile.row0) - my, sigmas[n], scalar_t(1));
   }
   composite_tile(scratch.best.data(), scratch.win.data(), scratch.col_factors.data(), scratch.row_factors.data(),
                  n_markers, tile.rows, padded_width);
@@ -165,8 +195,8 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
   return {image, index};
 }
 
-// Per-marker sums over one tile's pixels, kept in double: d/d amp, d/d mx and d/d my before the
-// 1/s^2 factor, d/d sigma before the 1/s^3 factor.
+// Per-marker sums over one tile's pixels, kept in double: d/d amp, then d/d mx, d/d my and
+// d/d sigma before their common factor 1/sigma.
 constexpr int64_t kPartials = 4;
 
 template <typename scalar_t>
@@ -182,19 +212,19 @@ void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scal
       TORCH_CHECK_VALUE(n >= 0 && n < n_markers, "splat_backward: index holds ", n, ", outside [0, ",
                         n_markers, ")");
       if (g == scalar_t(0)) continue;
-      const scalar_t dx = scalar_t(j) - means[2 * n], dy = scalar_t(i) - means[2 * n + 1];
-      const scalar_t inv_2s2 = scalar_t(0.5) / (sigmas[n] * sigmas[n]);
-      const scalar_t ex = dx * dx * inv_2s2, ey = dy * dy * inv_2s2;
+      // z = d / sigma, so that v = a * exp(-(zx^2 + zy^2) / 2) and every derivative is v * z... / sigma.
+      const scalar_t zx = (scalar_t(j) - means[2 * n]) / sigmas[n];
+      const scalar_t zy = (scalar_t(i) - means[2 * n + 1]) / sigmas[n];
+      const scalar_t ex = scalar_t(0.5) * zx * zx, ey = scalar_t(0.5) * zy * zy;
       // exp(-(ex + ey)) is the forward's product of axis factors, flushed the same way.
       const scalar_t e = std::max(ex, ey) > kFlushExponent<scalar_t> ? scalar_t(0) : std::exp(-(ex + ey));
-      const scalar_t sq = dx * dx + dy * dy;
       const double g_e = double(g) * double(e);
       const double g_v = g_e * double(amps[n]);
       double* p = partials + n * kPartials;
       p[0] += g_e;
-      p[1] += g_v * double(dx);
-      p[2] += g_v * double(dy);
-      p[3] += g_v * double(sq);
+      p[1] += g_v * double(zx);
+      p[2] += g_v * double(zy);
+      p[3] += g_v * (double(zx) * double(zx) + double(zy) * double(zy));
     }
   }
 }
@@ -242,11 +272,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
           const double* p = partials.data() + ((b * tiling.tiles_per_image + t) * n_markers + n) * kPartials;
           for (int64_t k = 0; k < kPartials; ++k) sum[k] += p[k];
         }
-        const double inv_s2 = 1.0 / (double(s[bn]) * double(s[bn]));
+        const double inv_sigma = 1.0 / double(s[bn]);
         ga[bn] = scalar_t(sum[0]);
-        gm[2 * bn] = scalar_t(sum[1] * inv_s2);
-        gm[2 * bn + 1] = scalar_t(sum[2] * inv_s2);
-        gs[bn] = scalar_t(sum[3] * inv_s2 / double(s[bn]));
+        gm[2 * bn] = scalar_t(sum[1] * inv_sigma);
+        gm[2 * bn + 1] = scalar_t(sum[2] * inv_sigma);
+        gs[bn] = scalar_t(sum[3] * inv_sigma);
       }
     });
   });

@@ -11,9 +11,10 @@ try:
 except ImportError as error:  # not built, or built against another torch / Python
     LOAD_ERROR = f"{type(error).__name__}: {error}"
 
-
-def has_kernels(dispatch_key: str) -> bool:
-    """Whether the extension loaded and registered splat_forward for `dispatch_key` ("CPU", "CUDA")."""
-    return LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "splatkern::splat_forward", dispatch_key
-    )
+# Dispatch keys ("CPU", "CUDA") with a compiled splat_forward kernel. Computed once, here, so that
+# code traced by torch.compile only reads a constant.
+KERNEL_KEYS: frozenset[str] = frozenset(
+    key
+    for key in ("CPU", "CUDA")
+    if LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("splatkern::splat_forward", key)
+)

@@ -22,13 +22,18 @@ BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
+# Read once at import: TRITON_INTERPRET only works when set before triton is imported anyway.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _triton_usable(device_type: str) -> bool:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return False
     if device_type == "cuda":
         return torch.cuda.is_available()
     # The Triton interpreter runs kernels on CPU tensors: how the Triton code is tested without a GPU.
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return _TRITON_INTERPRETED
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
@@ -36,8 +41,8 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     device_type = torch.device(device).type
     usable = {
         "reference": True,
-        "cpu": device_type == "cpu" and _extension.has_kernels("CPU"),
-        "cuda": device_type == "cuda" and _extension.has_kernels("CUDA"),
+        "cpu": device_type == "cpu" and "CPU" in _extension.KERNEL_KEYS,
+        "cuda": device_type == "cuda" and "CUDA" in _extension.KERNEL_KEYS,
         "triton": _triton_usable(device_type),
     }
     order = AUTO_ORDER.get(device_type, ("reference",))
