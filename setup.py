@@ -67,10 +67,11 @@ def extensions():
 
 
 if __name__ == "__main__":
+    ext_modules = extensions()  # first: it sets CUDA_HOME, which cpp_extension reads when imported
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        ext_modules=extensions(),
+        ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension},
         options={"bdist_wheel": {"py_limited_api": "cp310"}},
     )
