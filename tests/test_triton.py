@@ -170,9 +170,15 @@ def test_backward_op_rejects_an_index_out_of_range():
         torch.ops.splatkern.splat_backward_triton(grad_image, means, sigmas, amps, index, False)
 
 
-def test_opcheck_forward():
+def test_opcheck():
     means, sigmas, amps = make_markers((2,), 5, 6, 7, torch.float32, seed=6)
     torch.library.opcheck(torch.ops.splatkern.splat_forward_triton, (means, sigmas, amps, 6, 7, False))
+    _, index = torch.ops.splatkern.splat_forward_triton(means, sigmas, amps, 6, 7, False)
+    grad_image = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    for deterministic in (False, True):
+        torch.library.opcheck(
+            torch.ops.splatkern.splat_backward_triton, (grad_image, means, sigmas, amps, index, deterministic)
+        )
 
 
 def test_torch_compile_fullgraph_matches_eager():
