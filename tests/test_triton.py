@@ -138,6 +138,14 @@ def test_deterministic_backward_is_bitwise_repeatable():
     assert_grads_close(atomic, [g.double() for g in first], 1e-5)
 
 
+def test_expanded_upstream_gradient():
+    """image.sum() hands the backward a stride-0 gradient; the kernels read raw pointers."""
+    means, sigmas, amps = make_markers((2,), 5, 7, 9, torch.float32, seed=10)
+    expanded = render_with_grads("triton", means, sigmas, amps, 7, 9, torch.ones(1, device=DEVICE).expand(2, 7, 9))[2]
+    dense = render_with_grads("triton", means, sigmas, amps, 7, 9, torch.ones(2, 7, 9, device=DEVICE))[2]
+    assert all(torch.equal(a, b) for a, b in zip(expanded, dense, strict=True))
+
+
 def test_gradcheck_float64():
     """Two well separated markers of distinct amplitude: no pixel is near a tie."""
     means = torch.tensor([[1.2, 1.7], [4.6, 3.1]], dtype=torch.float64, device=DEVICE, requires_grad=True)
@@ -156,9 +164,11 @@ def test_no_markers_and_no_images():
     grads = torch.autograd.grad(image.sum(), (means, sigmas, amps))
     assert [tuple(g.shape) for g in grads] == [(2, 0, 2), (2, 0), (2, 0)]
 
-    means, sigmas, amps = make_markers((0,), 4, 5, 3, torch.float32)
+    means, sigmas, amps = (t.requires_grad_() for t in make_markers((0,), 4, 5, 3, torch.float32))
     image, index = splat_render(means, sigmas, amps, height=5, width=3, backend="triton", return_index=True)
     assert image.shape == index.shape == (0, 5, 3)
+    grads = torch.autograd.grad(image.sum(), (means, sigmas, amps))
+    assert [tuple(g.shape) for g in grads] == [(0, 4, 2), (0, 4), (0, 4)]
 
 
 def test_backward_op_rejects_an_index_out_of_range():
