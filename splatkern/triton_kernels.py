@@ -1,0 +1,373 @@
+"""Triton kernels of splat_render (the math: splatkern/reference.py; the op wrapping: splatkern/ops.py).
+
+``forward`` and ``backward`` launch them on CUDA tensors, or on CPU tensors under the Triton
+interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which is how they are tested
+without a GPU. They take the flattened float32/float64 tensors of the op's schema.
+
+Forward: one program per (batch item, tile of pixels). It walks the markers BLOCK_N at a time; per
+block it computes the tile's column factors ``amp * g(dx)`` and row factors ``g(dy)`` (rows +
+columns exponentials: the separability of the isotropic Gaussian), forms every pixel-marker value
+with one multiply, and folds the block into a running max and int32 winner held in registers. Ties
+go to the lowest index: within a block as the smallest index among the block's maxima, across
+blocks through a strict ``>``. Axis factors whose exponent exceeds ``-0.5 * log(smallest normal)``
+are flushed to zero, as csrc/splat_cpu.cpp does. The tile is a 4-D block ``[ROW_REPEATS,
+COL_REPEATS, ROW_SPAN, COL_SPAN]``: Triton's default layout spreads lanes and warps over the last
+two dims and leaves the first two in each thread's registers, so a thread holds a 2-D patch of
+pixels whose exponentials are shared by rows x columns products (a flat 2-D tile gives each thread
+a single column, and then more exponentials than pixels).
+
+Backward: one program per (batch item, run of BLOCK_PIX pixels). Each pixel's contribution to its
+winner's four gradients is summed per marker inside the program (a one-hot [BLOCK_N, BLOCK_PIX]
+masked ``tl.sum``, over the marker blocks between the run's smallest and largest winner), then
+either added with one atomic per won marker per program, or, with ``deterministic=True``, written to
+a per-(program, marker) buffer that a second kernel sums over the runs in a fixed order
+(bit-identical run to run). Sums are kept in the inputs' dtype (float32 or float64).
+
+Block sizes: a fixed table (``_forward_config`` and the two below it) rather than autotuning, so
+launches stay cheap and reproducible and run under the interpreter, where multi-config autotune
+fails. Not yet tuned on a GPU. ``p2(x)`` is the next power of two; "regs" are the most registers
+per thread ptxas gives them for sm_80 or sm_90, float32 / float64, with no spills
+(tests/test_triton_compile.py checks that):
+
+    ============  ==========================================  ========================================
+    kernel        block                                       why
+    ============  ==========================================  ========================================
+    forward       num_warps = 2; a warp's lanes cover 4 rows  at most 32 x 32 pixels per program:
+                  x 8 columns, warps stacked: an 8 x 8 span   28 x 28 is one tile; each thread holds
+                  ROW_REPEATS = min(p2(cdiv(H, 8)), 4)        up to 4 x 4 pixels, 8 exps per marker
+                  COL_REPEATS = min(p2(cdiv(W, 8)), 4)        for 16 products; 64 values per thread
+                  BLOCK_N = min(p2(N), 4)                     and block step: 127 / 250 regs
+    backward      BLOCK_PIX = min(p2(H * W), 1024)            28 x 28 is one program, so one atomic
+                  num_warps = clamp(BLOCK_PIX // 64, 1, 16)   per marker and image; 2 pixels per
+                  BLOCK_N = min(p2(N), 16 for float32,        thread x BLOCK_N markers: 121 / 104
+                                       8 for float64)         regs (float64 at 16 spills on sm_80)
+    sum partials  BLOCK_N = min(p2(N), 256), num_warps = 4    coalesced rows of the partials buffer
+    ============  ==========================================  ========================================
+
+Offsets that span the batch (``b * H * W``, ``b * N``, the partials buffer) are int64; offsets
+within one image are int32, so an image may have at most 2^31 - 1 pixels (checked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
+_PARTIALS = tl.constexpr(4)
+
+
+def _flush_exponent(dtype: torch.dtype) -> float:
+    """The per-axis exponent above which a factor is flushed to zero (csrc/splat_cpu.cpp kFlushExponent)."""
+    return -0.5 * math.log(torch.finfo(dtype).tiny)
+
+
+@triton.jit
+def _axis_factor(offset, inv_2s2, flush):
+    exponent = offset * offset * inv_2s2
+    return tl.where(exponent > flush, 0.0, tl.exp(-exponent))
+
+
+@triton.jit
+def _forward_kernel(
+    means_ptr,
+    sigmas_ptr,
+    amps_ptr,
+    image_ptr,
+    index_ptr,
+    n_markers,
+    height,
+    width,
+    tiles_across,
+    tiles_per_image,
+    FLUSH: tl.constexpr,
+    ROW_REPEATS: tl.constexpr,
+    COL_REPEATS: tl.constexpr,
+    ROW_SPAN: tl.constexpr,
+    COL_SPAN: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = (pid // tiles_per_image).to(tl.int64)
+    tile = pid % tiles_per_image
+    # The tile is a [ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN] block: lanes and warps cover
+    # ROW_SPAN x COL_SPAN pixels, and each thread holds ROW_REPEATS rows x COL_REPEATS columns, so
+    # its factors cost rows + columns exponentials for rows x columns pixels.
+    rows = (
+        (tile // tiles_across) * (ROW_REPEATS * ROW_SPAN)
+        + tl.arange(0, ROW_REPEATS)[:, None, None, None] * ROW_SPAN
+        + tl.arange(0, ROW_SPAN)[None, None, :, None]
+    )  # [R, 1, RS, 1]
+    cols = (
+        (tile % tiles_across) * (COL_REPEATS * COL_SPAN)
+        + tl.arange(0, COL_REPEATS)[None, :, None, None] * COL_SPAN
+        + tl.arange(0, COL_SPAN)[None, None, None, :]
+    )  # [1, C, 1, CS]
+    dtype = means_ptr.dtype.element_ty
+    flush = tl.full([], FLUSH, dtype)
+    y = rows.to(dtype)[None]
+    x = cols.to(dtype)[None]
+    marker_base = b * n_markers
+
+    best = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
+    winner = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], tl.int32)
+    for n0 in range(0, n_markers, BLOCK_N):
+        marker = n0 + tl.arange(0, BLOCK_N)[:, None, None, None, None]  # [BLOCK_N, 1, 1, 1, 1]
+        live = marker < n_markers
+        mx = tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0)
+        my = tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0)
+        sigma = tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0)
+        amp = tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0)
+        inv_2s2 = 0.5 / (sigma * sigma)
+        # Markers past N get -inf (row factor 1, not 0, so the product is not NaN): they never win.
+        col_factors = tl.where(live, amp * _axis_factor(x - mx, inv_2s2, flush), float("-inf"))
+        row_factors = tl.where(live, _axis_factor(y - my, inv_2s2, flush), 1.0)
+        values = row_factors * col_factors  # [BLOCK_N, R, C, RS, CS]: one multiply per pixel and marker
+        block_best = tl.max(values, axis=0)
+        # The lowest index among the block's maxima; a strict '>' lets an earlier block keep a tie.
+        block_winner = tl.min(tl.where(values == block_best[None], marker, n_markers), axis=0)
+        take = block_best > best
+        best = tl.where(take, block_best, best)
+        winner = tl.where(take, block_winner, winner)
+
+    offsets = b * height * width + rows * width + cols
+    inside = (rows < height) & (cols < width)
+    tl.store(image_ptr + offsets, best, mask=inside)
+    tl.store(index_ptr + offsets, winner, mask=inside)
+
+
+@triton.jit
+def _backward_kernel(
+    grad_image_ptr,
+    means_ptr,
+    sigmas_ptr,
+    amps_ptr,
+    index_ptr,
+    grad_means_ptr,
+    grad_sigmas_ptr,
+    grad_amps_ptr,
+    partials_ptr,
+    n_markers,
+    height,
+    width,
+    tiles_per_image,
+    FLUSH: tl.constexpr,
+    BLOCK_PIX: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = (pid // tiles_per_image).to(tl.int64)
+    tile = pid % tiles_per_image
+    pixel = tile * BLOCK_PIX + tl.arange(0, BLOCK_PIX)
+    inside = pixel < height * width
+    pixel_base = b * height * width
+    marker_base = b * n_markers
+    dtype = means_ptr.dtype.element_ty
+
+    g = tl.load(grad_image_ptr + pixel_base + pixel, mask=inside, other=0.0)
+    n = tl.load(index_ptr + pixel_base + pixel, mask=inside, other=-1)
+    mx = tl.load(means_ptr + 2 * (marker_base + n), mask=inside, other=0.0)
+    my = tl.load(means_ptr + 2 * (marker_base + n) + 1, mask=inside, other=0.0)
+    sigma = tl.load(sigmas_ptr + marker_base + n, mask=inside, other=1.0)
+    amp = tl.load(amps_ptr + marker_base + n, mask=inside, other=0.0)
+
+    dx = (pixel % width).to(dtype) - mx
+    dy = (pixel // width).to(dtype) - my
+    inv_s2 = 1.0 / (sigma * sigma)
+    inv_2s2 = 0.5 / (sigma * sigma)
+    ex = dx * dx * inv_2s2
+    ey = dy * dy * inv_2s2
+    # The forward's product of axis factors, flushed the same way.
+    e = tl.where(tl.maximum(ex, ey) > tl.full([], FLUSH, dtype), 0.0, tl.exp(-(ex + ey)))
+    g_e = g * e
+    g_v_s2 = g_e * amp * inv_s2
+    d_amp = g_e
+    d_mx = g_v_s2 * dx
+    d_my = g_v_s2 * dy
+    d_sigma = g_v_s2 * (dx * dx + dy * dy) / sigma
+
+    # Only the marker blocks from the tile's lowest to its highest winner.
+    first = tl.min(tl.where(inside, n, n_markers)) // BLOCK_N * BLOCK_N
+    last = tl.max(n)
+    tile_partials = ((b * tiles_per_image + tile) * _PARTIALS) * n_markers
+    for n0 in range(first, last + 1, BLOCK_N):
+        marker = n0 + tl.arange(0, BLOCK_N)
+        # [BLOCK_N, BLOCK_PIX]: pixels across lanes, the marker block in each thread's registers.
+        won = marker[:, None] == n[None, :]
+        sum_amp = tl.sum(tl.where(won, d_amp[None, :], 0.0), axis=1)
+        sum_mx = tl.sum(tl.where(won, d_mx[None, :], 0.0), axis=1)
+        sum_my = tl.sum(tl.where(won, d_my[None, :], 0.0), axis=1)
+        sum_sigma = tl.sum(tl.where(won, d_sigma[None, :], 0.0), axis=1)
+        if DETERMINISTIC:
+            live = marker < n_markers
+            tl.store(partials_ptr + tile_partials + marker, sum_amp, mask=live)
+            tl.store(partials_ptr + tile_partials + n_markers + marker, sum_mx, mask=live)
+            tl.store(partials_ptr + tile_partials + 2 * n_markers + marker, sum_my, mask=live)
+            tl.store(partials_ptr + tile_partials + 3 * n_markers + marker, sum_sigma, mask=live)
+        else:
+            hit = tl.max(won.to(tl.int32), axis=1) > 0
+            # Plain sums, read only after the kernel: no ordering needed.
+            tl.atomic_add(grad_amps_ptr + marker_base + marker, sum_amp, mask=hit, sem="relaxed")
+            tl.atomic_add(grad_means_ptr + 2 * (marker_base + marker), sum_mx, mask=hit, sem="relaxed")
+            tl.atomic_add(grad_means_ptr + 2 * (marker_base + marker) + 1, sum_my, mask=hit, sem="relaxed")
+            tl.atomic_add(grad_sigmas_ptr + marker_base + marker, sum_sigma, mask=hit, sem="relaxed")
+
+
+@triton.jit
+def _sum_partials_kernel(
+    partials_ptr,
+    grad_means_ptr,
+    grad_sigmas_ptr,
+    grad_amps_ptr,
+    n_markers,
+    tiles_per_image,
+    blocks_per_image,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = (pid // blocks_per_image).to(tl.int64)
+    marker = (pid % blocks_per_image) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = marker < n_markers
+    dtype = partials_ptr.dtype.element_ty
+    sum_amp = tl.zeros([BLOCK_N], dtype)
+    sum_mx = tl.zeros([BLOCK_N], dtype)
+    sum_my = tl.zeros([BLOCK_N], dtype)
+    sum_sigma = tl.zeros([BLOCK_N], dtype)
+    for tile in range(tiles_per_image):  # a fixed order: the same bits every run
+        tile_partials = ((b * tiles_per_image + tile) * _PARTIALS) * n_markers
+        sum_amp += tl.load(partials_ptr + tile_partials + marker, mask=live, other=0.0)
+        sum_mx += tl.load(partials_ptr + tile_partials + n_markers + marker, mask=live, other=0.0)
+        sum_my += tl.load(partials_ptr + tile_partials + 2 * n_markers + marker, mask=live, other=0.0)
+        sum_sigma += tl.load(partials_ptr + tile_partials + 3 * n_markers + marker, mask=live, other=0.0)
+    marker_base = b * n_markers
+    tl.store(grad_amps_ptr + marker_base + marker, sum_amp, mask=live)
+    tl.store(grad_means_ptr + 2 * (marker_base + marker), sum_mx, mask=live)
+    tl.store(grad_means_ptr + 2 * (marker_base + marker) + 1, sum_my, mask=live)
+    tl.store(grad_sigmas_ptr + marker_base + marker, sum_sigma, mask=live)
+
+
+def _p2(value: int) -> int:
+    return triton.next_power_of_2(value)
+
+
+def _forward_config(height: int, width: int, n_markers: int) -> dict:
+    """The forward's block sizes and warps (the table in the module docstring)."""
+    num_warps = 2
+    row_span, col_span = 4 * num_warps, 8  # a warp's lanes as 4 rows x 8 columns, warps stacked
+    return dict(
+        ROW_REPEATS=min(_p2(triton.cdiv(height, row_span)), 4),
+        COL_REPEATS=min(_p2(triton.cdiv(width, col_span)), 4),
+        ROW_SPAN=row_span,
+        COL_SPAN=col_span,
+        BLOCK_N=min(_p2(n_markers), 4),
+        num_warps=num_warps,
+    )
+
+
+def _backward_config(height: int, width: int, n_markers: int, dtype: torch.dtype) -> dict:
+    block_pix = min(_p2(height * width), 1024)
+    block_n = min(_p2(n_markers), 16 if dtype == torch.float32 else 8)  # float64 would spill on sm_80 at 16
+    return dict(BLOCK_PIX=block_pix, BLOCK_N=block_n, num_warps=min(max(block_pix // 64, 1), 16))
+
+
+def _sum_partials_config(n_markers: int) -> dict:
+    return dict(BLOCK_N=min(_p2(n_markers), 256), num_warps=4)
+
+
+def _on_device(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def _check_kernel_inputs(means: torch.Tensor, height: int, width: int) -> None:
+    if means.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"splat_render: the Triton kernels take float32 or float64 means, got {means.dtype}")
+    if height * width >= 2**31:
+        raise ValueError(f"splat_render: the Triton kernels take images of < 2^31 pixels, got {height} x {width}")
+
+
+def forward(
+    means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...]."""
+    _check_kernel_inputs(means, height, width)
+    batch, n_markers = sigmas.shape
+    if n_markers == 0:
+        return (
+            means.new_zeros(batch, height, width),
+            torch.full((batch, height, width), -1, dtype=torch.int32, device=means.device),
+        )
+    image = means.new_empty(batch, height, width)
+    index = torch.empty(batch, height, width, dtype=torch.int32, device=means.device)
+    if batch == 0:
+        return image, index
+    config = _forward_config(height, width, n_markers)
+    tile_rows = config["ROW_REPEATS"] * config["ROW_SPAN"]
+    tile_cols = config["COL_REPEATS"] * config["COL_SPAN"]
+    tiles_across = triton.cdiv(width, tile_cols)
+    tiles_per_image = triton.cdiv(height, tile_rows) * tiles_across
+    with _on_device(means):
+        _forward_kernel[(batch * tiles_per_image,)](
+            means.contiguous(), sigmas.contiguous(), amps.contiguous(), image, index,
+            n_markers, height, width, tiles_across, tiles_per_image,
+            FLUSH=_flush_exponent(means.dtype), **config,
+        )  # fmt: skip
+    return image, index
+
+
+def _check_index(index: torch.Tensor, n_markers: int) -> None:
+    """The backward gathers markers by index: an index outside [0, N) would read out of bounds.
+    Costs one host sync, like the forward's value checks."""
+    if index.dtype != torch.int32:
+        raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
+    low, high = (int(v) for v in torch.aminmax(index))
+    bad = low if low < 0 else high
+    if low < 0 or high >= n_markers:
+        raise ValueError(f"splat_backward: index holds {bad}, outside [0, {n_markers})")
+
+
+def backward(
+    grad_image: torch.Tensor,
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    amps: torch.Tensor,
+    index: torch.Tensor,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the image w.r.t. means, sigmas and amps, each pixel's going to its winner."""
+    height, width = grad_image.shape[1:]
+    _check_kernel_inputs(means, height, width)
+    if grad_image.dtype != means.dtype:
+        raise TypeError(f"splat_backward: grad_image must have the dtype of means, got {grad_image.dtype}")
+    if index.shape != grad_image.shape:
+        raise ValueError(f"splat_backward: index must have the shape of grad_image {list(grad_image.shape)}")
+    batch, n_markers = sigmas.shape
+    grad_means = torch.zeros_like(means)
+    grad_sigmas = torch.zeros_like(sigmas)
+    grad_amps = torch.zeros_like(amps)
+    if n_markers == 0 or batch == 0:
+        return grad_means, grad_sigmas, grad_amps
+    _check_index(index, n_markers)
+
+    config = _backward_config(height, width, n_markers, means.dtype)
+    tiles_per_image = triton.cdiv(height * width, config["BLOCK_PIX"])
+    partials = means.new_zeros(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
+    with _on_device(means):
+        _backward_kernel[(batch * tiles_per_image,)](
+            grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(), index.contiguous(),
+            grad_means, grad_sigmas, grad_amps, partials,
+            n_markers, height, width, tiles_per_image,
+            FLUSH=_flush_exponent(means.dtype), DETERMINISTIC=deterministic, **config,
+        )  # fmt: skip
+        if deterministic:
+            sum_config = _sum_partials_config(n_markers)
+            blocks_per_image = triton.cdiv(n_markers, sum_config["BLOCK_N"])
+            _sum_partials_kernel[(batch * blocks_per_image,)](
+                partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
+            )
+    return grad_means, grad_sigmas, grad_amps

@@ -1,0 +1,93 @@
+"""The Triton kernels compile for real GPUs (sm_80, sm_90) without spilling registers, with no GPU here.
+
+The interpreter (test_triton.py) checks what the kernels compute, but accepts code that the GPU
+compiler rejects, and says nothing of registers. Compiling needs triton without the interpreter,
+so it runs in a child process: this file run as a script prints each kernel's resource usage.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+# (height, width, N): the largest blocks the launchers pick (28 x 28 and 128 x 128 images get the
+# same forward and backward blocks), and the sum kernel's largest. Small shapes only shrink blocks.
+SHAPES = [(28, 28, 64), (128, 128, 256)]
+ARCHS = [80, 90]
+
+
+def compile_all() -> list[dict]:
+    """Compile every kernel with the block sizes the launchers pick for SHAPES; report registers and spills."""
+    import torch  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.compiler import ASTSource  # noqa: PLC0415
+
+    from splatkern import triton_kernels as kernels  # noqa: PLC0415
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    launches = {}  # (kernel, dtype, constants) -> shape, without repeats
+    for height, width, n_markers in SHAPES:
+        for dtype in (torch.float32, torch.float64):
+            flush = kernels._flush_exponent(dtype)
+            configs = [
+                (kernels._forward_kernel, dict(FLUSH=flush, **kernels._forward_config(height, width, n_markers))),
+                *(
+                    (kernels._backward_kernel, dict(FLUSH=flush, DETERMINISTIC=deterministic,
+                                                    **kernels._backward_config(height, width, n_markers, dtype),
+                                                    **({} if deterministic else {"partials_ptr": None})))
+                    for deterministic in (False, True)
+                ),
+                (kernels._sum_partials_kernel, kernels._sum_partials_config(n_markers)),
+            ]  # fmt: skip
+            for kernel, constants in configs:
+                key = (kernel, dtype, tuple(sorted(constants.items())))
+                launches.setdefault(key, (height, width, n_markers))
+
+    reports = []
+    for (kernel, dtype, constants), shape in launches.items():
+        constants = dict(constants)
+        num_warps = constants.pop("num_warps")
+        scalar = {torch.float32: "fp32", torch.float64: "fp64"}[dtype]
+        signature = {
+            name: "constexpr" if name in constants
+            else "*i32" if name == "index_ptr"
+            else f"*{scalar}" if name.endswith("_ptr")
+            else "i32"
+            for name in kernel.arg_names
+        }  # fmt: skip
+        for arch in ARCHS:
+            compiled = triton.compile(
+                ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": num_warps},
+            )
+            cubin = Path(os.environ["CUBIN_DIR"]) / "kernel.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+            found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+            reports.append(
+                dict(kernel=kernel.__name__, shape=shape, arch=arch, dtype=scalar,
+                     registers=int(found[1]), stack=int(found[2]), local=int(found[3]))
+            )  # fmt: skip
+    return reports
+
+
+def test_kernels_compile_for_gpus_without_spills(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "0", "CUBIN_DIR": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
+    child = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
+    assert child.returncode == 0, child.stderr[-4000:]
+    reports = json.loads(child.stdout)
+    assert {r["kernel"] for r in reports} == {"_forward_kernel", "_backward_kernel", "_sum_partials_kernel"}
+    spilling = [r for r in reports if r["stack"] or r["local"]]
+    assert not spilling, spilling
+
+
+if __name__ == "__main__":
+    print(json.dumps(compile_all()))
