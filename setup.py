@@ -8,6 +8,7 @@ extension is built against the torch already installed.
 
 import glob
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,12 +18,19 @@ HERE = Path(__file__).parent
 
 
 def find_cuda_home() -> str | None:
-    """A CUDA toolkit with nvcc and libcudart: $CUDA_HOME, else /usr/local/cuda*, newest first.
+    """A CUDA toolkit with nvcc and libcudart: $CUDA_HOME, else /usr/local/cuda*, newest first, else
+    the prefix of the `nvcc` on PATH.
 
     torch falls back to the directory of whichever `nvcc` is on PATH, which can be a wrapper in
-    /usr/local/bin whose prefix has no lib64 (link error: cannot find -lcudart).
+    /usr/local/bin whose prefix has no lib64 (link error: cannot find -lcudart): hence the check.
     """
-    candidates = [os.environ.get("CUDA_HOME"), "/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    nvcc = shutil.which("nvcc")
+    candidates = [
+        os.environ.get("CUDA_HOME"),
+        "/usr/local/cuda",
+        *sorted(glob.glob("/usr/local/cuda-*"), reverse=True),
+        nvcc and str(Path(nvcc).resolve().parent.parent),
+    ]
     for home in filter(None, candidates):
         if os.path.exists(f"{home}/bin/nvcc") and glob.glob(f"{home}/lib*/libcudart.so*"):
             return home

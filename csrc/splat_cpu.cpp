@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-#include <limits>
 #include <vector>
 
 namespace splatkern {
@@ -48,11 +47,6 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
   const int64_t row0 = (item % tiling.tiles_per_image) * tiling.rows_per_tile;
   return {b, row0, std::min(tiling.rows_per_tile, height - row0)};
 }
-
-// Below this exponent a per-axis factor is flushed to zero: the product of two kept factors is
-// then a normal number, and the kernels never touch denormals (up to ~100x slower on x86).
-template <typename scalar_t>
-constexpr scalar_t kFlushExponent = scalar_t(-0.5) * std::log(std::numeric_limits<scalar_t>::min());
 
 // The hot loops are written branch-free so the compiler vectorises them, and are built for
 // several ISAs with the fastest picked at load time.

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The whole GPU check in one call, for a bare GPU machine (H100/H200 with torch, triton, nvcc and
+# pytest installed, no network): build splatkern for sm_90, run the GPU tests, run the GPU
+# benchmarks, then the quick CPU tests if time is left. Every step has a time limit, is logged,
+# and a failure does not stop the next step. Run from anywhere:
+#
+#   bash bench/gpu_check.sh
+#
+# Results (log, nvidia-smi, benchmark JSON/Markdown/plots) go to ${OUT:-bench/results}/<device>/,
+# at most 8 files (what the device tool brings back). GPU_CHECK_BUDGET_S (default 480) bounds the
+# whole run; PYTHON (default python3) picks the interpreter.
+set -u
+cd "$(dirname "$0")/.."
+
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
+PYTHON=${PYTHON:-python3}
+MAX_FILES=8
+SCRATCH=$(mktemp -d)
+export PYTHON PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export SPLATKERN_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
+export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton"
+
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+device_dir=$(printf '%s' "${device:-unknown-gpu}" | tr -cs 'A-Za-z0-9._-' '-' | sed 's/^-*//; s/-*$//')
+OUT_DIR="${OUT:-bench/results}/$device_dir"
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/gpu_check.log"
+: >"$LOG"
+
+say() { echo "[gpu_check +$((SECONDS))s] $*" | tee -a "$LOG"; }
+left() { echo $((BUDGET_S - SECONDS)); }
+
+declare -a SUMMARY
+# run_step NAME LIMIT_S CMD...: runs CMD under `timeout`, tees its output to the log, records the result.
+run_step() {
+  local name=$1 limit=$2
+  shift 2
+  if ((limit < 20)); then
+    say "SKIP $name: only ${limit}s of the ${BUDGET_S}s budget left for it"
+    SUMMARY+=("$(printf '%-10s %-8s %5s' "$name" skipped -)")
+    return 0
+  fi
+  say "START $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]} status=ok
+  ((rc == 124 || rc == 137)) && status=timeout
+  ((rc != 0 && rc != 124 && rc != 137)) && status="rc=$rc"
+  say "END $name: $status after $((SECONDS - t0))s"
+  SUMMARY+=("$(printf '%-10s %-8s %5ss' "$name" "$status" "$((SECONDS - t0))")")
+}
+
+backends() { "$PYTHON" -c "import splatkern; print(' '.join(splatkern.available_backends('cuda')))" 2>>"$LOG"; }
+
+
+collect_results() {
+  # Benchmark files, flattened: JSON and Markdown first, then plots, up to MAX_FILES in OUT_DIR.
+  local f
+  while IFS= read -r f; do
+    (($(find "$OUT_DIR" -maxdepth 1 -type f | wc -l) >= MAX_FILES)) && { say "not copied (file limit): $f"; continue; }
+    cp "$f" "$OUT_DIR/"
+  done < <(find "$SCRATCH/bench" -type f \( -name '*.json' -o -name '*.md' \) 2>/dev/null | sort
+    find "$SCRATCH/bench" -type f -name '*.png' 2>/dev/null | sort)
+}
+
+say "device: ${device:-none found}; results in $OUT_DIR; budget ${BUDGET_S}s"
+run_step info 60 bash -c "nvidia-smi | tee '$OUT_DIR/nvidia-smi.txt'; command -v nvcc && nvcc --version | tail -n 2;
+  '$PYTHON' -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name())';
+  '$PYTHON' -c 'import triton; print(\"triton\", triton.__version__)'"
+# Keep about two minutes each for the tests and the benchmarks.
+# The editable install leaves _C beside the sources (what PYTHONPATH above imports); where it
+# does not, build in place.
+run_step build $(($(left) - 240 < 300 ? $(left) - 240 : 300)) bash -c \
+  '"$PYTHON" -m pip install --no-build-isolation --no-deps -e . && ls splatkern/_C*.so ||
+   "$PYTHON" setup.py build_ext --inplace'
+say "backends on cuda: $(backends)"
+run_step gpu-tests $(($(left) - 120 < 240 ? $(left) - 120 : 240)) \
+  "$PYTHON" -m pytest tests -m gpu -x -q -rs -p no:cacheprovider
+run_step bench $(($(left) - 15 < 240 ? $(left) - 15 : 240)) \
+  "$PYTHON" bench/run.py --preset gpu --out "$SCRATCH/bench"
+collect_results
+run_step cpu-tests $(($(left) - 10)) \
+  "$PYTHON" -m pytest tests -m "not gpu and not slow" -x -q -p no:cacheprovider
+
+say "summary (device: ${device:-none}):"
+printf '  %s\n' "${SUMMARY[@]}" | tee -a "$LOG"
+ls -l "$OUT_DIR" | tee -a "$LOG"
+rm -rf "$SCRATCH"
+printf '%s\n' "${SUMMARY[@]}" | grep -qE ' (timeout|rc=[0-9]+) ' && exit 1
+exit 0
