@@ -189,14 +189,29 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
   return {image, index};
 }
 
-// Per-marker sums over one tile's pixels, kept in double: d/d amp, then d/d mx, d/d my and
-// d/d sigma before their common factor 1/sigma.
+// Per-marker sums over one tile's pixels, kept in double: d/d amp, then d/d mx and d/d my before
+// their factor 1/sigma^2, and d/d sigma before its factor 1/sigma^3.
 constexpr int64_t kPartials = 4;
+
+template <typename scalar_t>
+struct BackwardScratch {
+  std::vector<scalar_t> col_factors, row_factors;
+};
 
 template <typename scalar_t>
 void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
                    const scalar_t* amps, const int32_t* index, int64_t n_markers, int64_t width,
-                   const Tile& tile, double* partials) {
+                   const Tile& tile, double* partials, BackwardScratch<scalar_t>& scratch) {
+  // The forward's axis factors (without amp), so each pixel's exp(-d^2 / 2s^2) is one multiply and
+  // exactly the value the forward composited.
+  scratch.col_factors.resize(n_markers * width);
+  scratch.row_factors.resize(n_markers * tile.rows);
+  for (int64_t n = 0; n < n_markers; ++n) {
+    axis_factors(scratch.col_factors.data() + n * width, static_cast<int32_t>(width), -means[2 * n], sigmas[n],
+                 scalar_t(1));
+    axis_factors(scratch.row_factors.data() + n * tile.rows, static_cast<int32_t>(tile.rows),
+                 scalar_t(tile.row0) - means[2 * n + 1], sigmas[n], scalar_t(1));
+  }
   std::fill(partials, partials + n_markers * kPartials, 0.0);
   for (int64_t r = 0; r < tile.rows; ++r) {
     const int64_t i = tile.row0 + r;
@@ -205,20 +220,16 @@ void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scal
       const scalar_t g = grad_image[i * width + j];
       TORCH_CHECK_VALUE(n >= 0 && n < n_markers, "splat_backward: index holds ", n, ", outside [0, ",
                         n_markers, ")");
-      if (g == scalar_t(0)) continue;
-      // z = d / sigma, so that v = a * exp(-(zx^2 + zy^2) / 2) and every derivative is v * z... / sigma.
-      const scalar_t zx = (scalar_t(j) - means[2 * n]) / sigmas[n];
-      const scalar_t zy = (scalar_t(i) - means[2 * n + 1]) / sigmas[n];
-      const scalar_t ex = scalar_t(0.5) * zx * zx, ey = scalar_t(0.5) * zy * zy;
-      // exp(-(ex + ey)) is the forward's product of axis factors, flushed the same way.
-      const scalar_t e = std::max(ex, ey) > kFlushExponent<scalar_t> ? scalar_t(0) : std::exp(-(ex + ey));
+      const scalar_t e = scratch.col_factors[n * width + j] * scratch.row_factors[n * tile.rows + r];
+      if (g == scalar_t(0) || e == scalar_t(0)) continue;
       const double g_e = double(g) * double(e);
       const double g_v = g_e * double(amps[n]);
+      const double dx = double(j) - double(means[2 * n]), dy = double(i) - double(means[2 * n + 1]);
       double* p = partials + n * kPartials;
       p[0] += g_e;
-      p[1] += g_v * double(zx);
-      p[2] += g_v * double(zy);
-      p[3] += g_v * (double(zx) * double(zx) + double(zy) * double(zy));
+      p[1] += g_v * dx;
+      p[2] += g_v * dy;
+      p[3] += g_v * (dx * dx + dy * dy);
     }
   }
 }
@@ -247,12 +258,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
     const scalar_t* a = amps.const_data_ptr<scalar_t>();
     const int32_t* idx = index.const_data_ptr<int32_t>();
     at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
+      BackwardScratch<scalar_t> scratch;
       for (int64_t item = begin; item < end; ++item) {
         const Tile tile = tile_at(tiling, item, height);
         const int64_t b = tile.b;
         backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers, a + b * n_markers,
                       idx + b * height * width, n_markers, width, tile,
-                      partials.data() + item * n_markers * kPartials);
+                      partials.data() + item * n_markers * kPartials, scratch);
       }
     });
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
@@ -267,10 +279,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
           for (int64_t k = 0; k < kPartials; ++k) sum[k] += p[k];
         }
         const double inv_sigma = 1.0 / double(s[bn]);
+        const double inv_sigma2 = inv_sigma * inv_sigma;
         ga[bn] = scalar_t(sum[0]);
-        gm[2 * bn] = scalar_t(sum[1] * inv_sigma);
-        gm[2 * bn + 1] = scalar_t(sum[2] * inv_sigma);
-        gs[bn] = scalar_t(sum[3] * inv_sigma);
+        gm[2 * bn] = scalar_t(sum[1] * inv_sigma2);
+        gm[2 * bn + 1] = scalar_t(sum[2] * inv_sigma2);
+        gs[bn] = scalar_t(sum[3] * inv_sigma2 * inv_sigma);
       }
     });
   });
