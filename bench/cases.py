@@ -15,7 +15,7 @@ from splatkern.reference import splat_render_reference
 COMPILED = "compile(reference)"  # torch.compile of splatkern.reference.splat_render_reference
 MODES = ("forward", "forward+backward")
 # The reference materialises [B, N, H, W] several times: measured here, its forward+backward peaks
-# at about 6x one such float32 tensor (B=256, N=64, 28x28: 301 MB against 49 MB). Sizes that would
+# at about 6x one such float32 tensor (B=256, N=64, 28x28: 301 MiB against 49 MiB). Sizes that would
 # not fit in half the free memory with this margin are skipped rather than run out of memory.
 REFERENCE_TENSORS = 8
 

@@ -83,6 +83,6 @@ PRESETS = {
         merge(sweep(Point(1024, 64, 28, 28), batch=(1, 64, 256, 1024, 4096)),
               sweep(Point(256, 64, 128, 128), markers=(10, 25, 64, 256), resolution=(28, 64, 128, 256)),
               tagged(GPU_TARGETS, "key"), tagged((Point(4096, 256, 64, 64), Point(1024, 256, 256, 256)), "large")),
-        min_sample_s=0.02, samples=10, max_case_s=3.0, training_steps=50, devices=("cuda",),
+        min_sample_s=0.01, samples=7, max_case_s=2.0, training_steps=50, devices=("cuda",),
     ),
 }

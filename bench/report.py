@@ -24,11 +24,18 @@ SPEEDUP_PLOT = "speedup.png"
 COLORS = dict(zip(("reference", COMPILED, "cpu", "cuda", "triton"), plt.get_cmap("tab10").colors))
 
 
-def write_all(results: dict, out_dir: Path) -> list[Path]:
+def write_tables(results: dict, out_dir: Path) -> list[Path]:
+    """results.json and results.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / JSON_NAME, out_dir / MARKDOWN_NAME]
     written[0].write_text(json.dumps(results, indent=2) + "\n")
     written[1].write_text(markdown(results))
+    return written
+
+
+def write_all(results: dict, out_dir: Path) -> list[Path]:
+    """The tables and every plot the results have data for."""
+    written = write_tables(results, out_dir)
     timed = [row for row in results["cases"] if row.get("median_s")]
     for name, (tag, xlabel, x_of) in PLOTS.items():
         rows = [row for row in timed if tag in row["sweeps"]]
@@ -71,11 +78,13 @@ def markdown(results: dict) -> str:
     if "unavailable" in limit:
         lines.append(f"Hardware limit: unavailable — {limit['unavailable']}.")
     elif limit["kind"] == "cpu-multiply-max":
-        lines.append(f"Hardware limit (CPU): multiply-compare-select loop at {limit['pairs_per_s'] / 1e9:.2f} G pairs/s "
+        rate = limit["pairs_per_s"] / 1e9
+        lines.append(f"Hardware limit (CPU): multiply-compare-select loop at {rate:.2f} G pairs/s "
                      f"({limit['vector_bits']}-bit vectors, {limit['threads']} threads), measured in this run.")
     else:
         lines.append(f"Hardware limit (GPU, {limit['model']}): {limit['op_rate'] / 1e12:.1f} T FP32 instructions/s "
-                     f"(datasheet {limit['fp32_flops'] / 1e12:.0f} TFLOPS / 2), {limit['hbm_bytes_per_s'] / 1e12:.2f} TB/s.")
+                     f"(datasheet {limit['fp32_flops'] / 1e12:.0f} TFLOPS / 2), "
+                     f"{limit['hbm_bytes_per_s'] / 1e12:.2f} TB/s HBM; limit = max(pairs x 4 / that, bytes / HBM).")
     for name, reason in results["excluded"].items():
         lines.append(f"Excluded: {name} — {reason}.")
     lines += [
@@ -108,8 +117,9 @@ def training_markdown(training: dict) -> list[str]:
               "| backend | batch | images/s | step median ms | step IQR ms | render ms (fwd+bwd) | render share |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for row in training["rows"]:
-        lines.append(f"| {row['backend']} | {row['batch']} | {row['images_per_s']:.1f} | {row['step_median_s'] * 1e3:.2f} | "
-                     f"{row['step_iqr_s'] * 1e3:.2f} | {row['render_s'] * 1e3:.3f} | {row['render_share']:.1%} |")
+        lines.append(f"| {row['backend']} | {row['batch']} | {row['images_per_s']:.1f} | "
+                     f"{row['step_median_s'] * 1e3:.2f} | {row['step_iqr_s'] * 1e3:.2f} | "
+                     f"{row['render_s'] * 1e3:.3f} | {row['render_share']:.1%} |")
     return lines
 
 

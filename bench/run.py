@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -156,34 +157,6 @@ def main(argv: list[str] | None = None) -> int:
 
     limit = describe_limit(device, threads)
     print("hardware limit:", limit.get("unavailable") or {k: v for k, v in limit.items() if not isinstance(v, dict)})
-
-    started = time.perf_counter()
-    cases, errors = [], 0
-    for point, tags in sorted(preset.points.items()):
-        torch._dynamo.reset()  # compile each size once, statically; no recompile limit across sizes
-        too_big = reference_fits(point, device)
-        for mode in MODES:
-            rows = {}
-            for implementation in names:
-                row = {"batch": point.batch, "markers": point.markers, "height": point.height, "width": point.width,
-                       "pairs": point.pairs, "sweeps": list(tags), "mode": mode, "implementation": implementation}
-                if too_big and implementation in ("reference", COMPILED):
-                    row["skipped"] = too_big
-                else:
-                    try:
-                        row.update(measure(implementation, mode, point, device, preset))
-                    except Exception as error:  # one failing case must not lose the rest of a GPU run
-                        errors += 1
-                        row["skipped"] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
-                    release_memory(device)
-                rows[implementation] = row
-            add_ratios(rows, limit, point, mode)
-            for implementation, row in rows.items():
-                print(f"{point.label():>24} {mode:>16} {implementation:>18}: {describe(row)}", flush=True)
-            cases.extend(rows.values())
-    print(f"kernel cases done in {time.perf_counter() - started:.0f} s")
-
-    training_result = run_training(args, preset, names, device)
     commit, dirty = git_commit()
     results = {
         "meta": {
@@ -195,15 +168,60 @@ def main(argv: list[str] | None = None) -> int:
         "implementations": names,
         "excluded": excluded,
         "limit": limit,
-        "cases": cases,
-        "training": training_result,
+        "cases": [],
+        "training": {"skipped": "not run yet"},
     }
-    out_dir = args.out or REPO / "bench" / "results" / slug(f"{device.type} {name}" if device.type == "cpu" else name) / args.preset
+    device_folder = slug(f"cpu {name}" if device.type == "cpu" else name)
+    out_dir = args.out or REPO / "bench" / "results" / device_folder / args.preset
+
+    started, errors = time.perf_counter(), 0
+    for point, tags in sorted(preset.points.items()):
+        rows, point_errors = measure_point(point, tags, names, device, preset, limit)
+        results["cases"].extend(rows)
+        errors += point_errors
+        report.write_tables(results, out_dir)  # a run cut short still leaves what it measured
+        print(f"  ({time.perf_counter() - started:.0f} s so far)", flush=True)
+
+    results["training"] = run_training(args, preset, names, device)
+    errors += results["training"].get("skipped", "").startswith("error")
     for path in report.write_all(results, out_dir):
         print("wrote", path)
     if errors:
         print(f"{errors} case(s) failed: see 'skipped' in {out_dir / report.JSON_NAME}")
     return 1 if errors else 0
+
+
+def measure_point(point: Point, tags: tuple[str, ...], names: list[str], device: torch.device, preset,
+                  limit: dict) -> tuple[list[dict], int]:
+    """Every implementation in both modes at `point`, with ratios; and how many cases failed."""
+    torch._dynamo.reset()  # compile each size once, statically; no recompile limit across sizes
+    too_big = reference_fits(point, device)
+    cases, errors = [], 0
+    for mode in MODES:
+        rows = {}
+        for implementation in names:
+            row = {"batch": point.batch, "markers": point.markers, "height": point.height, "width": point.width,
+                   "pairs": point.pairs, "sweeps": list(tags), "mode": mode, "implementation": implementation}
+            if too_big and implementation in ("reference", COMPILED):
+                row["skipped"] = too_big
+            else:
+                try:
+                    row.update(measure(implementation, mode, point, device, preset))
+                except Exception as error:  # one failing case must not lose the rest of a GPU run
+                    traceback.print_exc()
+                    errors += 1
+                    row["skipped"] = f"error: {first_line(error)}"
+                release_memory(device)
+            rows[implementation] = row
+        add_ratios(rows, limit, point, mode)
+        for implementation, row in rows.items():
+            print(f"{point.label():>24} {mode:>16} {implementation:>18}: {describe(row)}", flush=True)
+        cases.extend(rows.values())
+    return cases, errors
+
+
+def first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
 
 
 def run_training(args: argparse.Namespace, preset, names: list[str], device: torch.device) -> dict:
@@ -215,8 +233,12 @@ def run_training(args: argparse.Namespace, preset, names: list[str], device: tor
         return {"skipped": reason}
     backends = [name for name in names if name != COMPILED]
     timing = {"min_sample_s": preset.min_sample_s, "samples": preset.samples, "max_total_s": preset.max_case_s}
-    return training.training_throughput(backends, preset.training_batches, preset.training_steps, device,
-                                        args.data_dir, timing)
+    try:
+        return training.training_throughput(backends, preset.training_batches, preset.training_steps, device,
+                                            args.data_dir, timing)
+    except Exception as error:  # e.g. the models' interface changed: keep the kernel results
+        traceback.print_exc()
+        return {"skipped": f"error: {first_line(error)}"}
 
 
 if __name__ == "__main__":
