@@ -148,12 +148,12 @@ def _time_plot(rows: list[dict], x_of, xlabel: str, title: str, path: Path) -> N
 def _speedup_plot(rows: list[dict], path: Path) -> None:
     """Bars: each implementation's speed-up over the reference and over the compiled reference."""
     groups = sorted({(_label(row), row["mode"]) for row in rows})
-    implementations = sorted({row["implementation"] for row in rows} - {"reference"})
     by_key = {(_label(row), row["mode"], row["implementation"]): row for row in rows}
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    width = 0.8 / max(1, len(implementations))
     for axis, (field, baseline) in zip(axes, (("speedup_vs_reference", "reference"),
                                               ("speedup_vs_compiled", COMPILED))):
+        implementations = sorted({row["implementation"] for row in rows} - {baseline})
+        width = 0.8 / max(1, len(implementations))
         for k, implementation in enumerate(implementations):
             heights = [(by_key.get((*group, implementation)) or {}).get(field) or 0 for group in groups]
             axis.bar([g + k * width for g in range(len(groups))], heights, width, label=implementation,
@@ -163,8 +163,8 @@ def _speedup_plot(rows: list[dict], path: Path) -> None:
                         [f"{label}\n{mode}" for label, mode in groups], fontsize=7)
         axis.set(yscale="log", title=f"speed-up over {baseline}")
         axis.grid(True, axis="y", which="both", alpha=0.3)
+        axis.legend(fontsize=8)
     axes[0].set_ylabel("× faster (log)")
-    axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
