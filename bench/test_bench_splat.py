@@ -1,0 +1,31 @@
+"""pytest-benchmark: forward and forward+backward of every available implementation at issue 2's
+headline size. Run with ``pytest bench/ --benchmark-only`` (not part of the unit tests in tests/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.cases import MODES, Point, implementations, make_case
+from bench.harness import synchronize
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+HEADLINE = Point(256, 64, 28, 28)
+IMPLEMENTATIONS, EXCLUDED = implementations(DEVICE)
+ROUNDS = 10
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_splat_render(benchmark, implementation, mode):
+    torch._dynamo.reset()
+    case = make_case(implementation, mode, HEADLINE, DEVICE)
+
+    def call():
+        case()
+        synchronize(DEVICE)
+
+    benchmark.group = f"{HEADLINE.label()} {mode} on {DEVICE.type}"
+    benchmark.extra_info.update(pairs=HEADLINE.pairs, excluded=EXCLUDED)
+    # one warm-up round: torch.compile's first call compiles
+    benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=1)

@@ -1,0 +1,70 @@
+"""The benchmark runner's quick preset runs end to end and writes complete results (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import splatkern
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = {"forward", "forward+backward"}
+PLOTS = ("time_vs_markers.png", "time_vs_resolution.png", "speedup.png")
+
+
+def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
+    # A separate process, as users run it; TRITON_INTERPRET is dropped so the expected list of
+    # backends is the plain CPU one whatever this pytest process was started with.
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+    completed = subprocess.run(
+        [sys.executable, "bench/run.py", "--preset", "quick", "--device", "cpu", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    expected = {*splatkern.available_backends("cpu"), "compile(reference)"}
+    assert set(results["implementations"]) == expected
+    assert results["meta"]["device"] == "cpu" and results["meta"]["torch"] == torch.__version__
+
+    cases = results["cases"]
+    sizes = {(c["batch"], c["markers"], c["height"], c["width"]) for c in cases}
+    assert len(sizes) >= 3
+    # every size is measured for every implementation in both modes, with positive times and memory
+    assert {(size, c["implementation"], c["mode"]) for size in sizes for c in cases
+            if (c["batch"], c["markers"], c["height"], c["width"]) == size} == {
+        (size, name, mode) for size in sizes for name in expected for mode in MODES}
+    for case in cases:
+        assert "skipped" not in case, case
+        assert case["median_s"] > 0 and case["iqr_s"] >= 0 and case["samples"] >= 3
+        assert case["pairs_per_s"] == case["pairs"] / case["median_s"]
+        assert case["peak_bytes"] is not None and case["peak_bytes"] >= 0
+        assert case["speedup_vs_reference"] > 0 and case["speedup_vs_compiled"] > 0
+        assert 0 < case["limit_fraction"]
+        if case["implementation"] == "reference":
+            assert case["speedup_vs_reference"] == 1.0
+
+    assert results["limit"]["kind"] == "cpu-multiply-max" and results["limit"]["pairs_per_s"] > 0
+    training = results["training"]
+    if "skipped" in training:  # splatkern.models not available in this checkout: the reason is recorded
+        assert training["skipped"]
+    else:
+        assert {row["backend"] for row in training["rows"]} == expected - {"compile(reference)"}
+        for row in training["rows"]:
+            assert row["images_per_s"] > 0 and row["steps"] == training["timed_steps"]
+            assert 0 < row["render_s"] and 0 < row["render_share"]
+
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("\n| B=") == len(cases)
+    for name in expected:
+        assert f"| {name} |" in table
+    for plot in PLOTS:
+        with Image.open(tmp_path / plot) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
