@@ -30,7 +30,8 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())
-    expected = {*splatkern.available_backends("cpu"), "compile(reference)"}
+    # triton on CPU exists only under the interpreter, which the runner's process does not use
+    expected = {*splatkern.available_backends("cpu"), "compile(reference)"} - {"triton"}
     assert set(results["implementations"]) == expected
     assert results["meta"]["device"] == "cpu" and results["meta"]["torch"] == torch.__version__
 
