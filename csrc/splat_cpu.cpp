@@ -14,6 +14,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -96,66 +97,84 @@ SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int32_t count
   }
 }
 
-// Rows of the forward's scratch are padded to this many elements, so the vectorised loop has no
-// scalar remainder even for 28-pixel-wide images (the padding columns are factors of zero).
-constexpr int64_t kRowPad = 16;
+// The forward composites one 64-byte vector of pixels (16 floats, 8 doubles) at a time, with GCC's
+// portable vector types: each ISA clone lowers them to its widest registers.
+constexpr int64_t kVectorBytes = 64;
 
-// The hot loop: per pixel and marker one multiply, one compare and two selects.
 template <typename scalar_t>
-SPLATKERN_ISA_CLONES void composite_tile(scalar_t* __restrict__ best, int32_t* __restrict__ win,
-                                         const scalar_t* __restrict__ col_factors,
-                                         const scalar_t* __restrict__ row_factors, int64_t n_markers,
-                                         int64_t rows, int64_t padded_width) {
-  for (int64_t r = 0; r < rows; ++r) {
-    scalar_t* __restrict__ out = best + r * padded_width;
-    int32_t* __restrict__ idx = win + r * padded_width;
-    for (int64_t j = 0; j < padded_width; ++j) {
-      out[j] = row_factors[r] * col_factors[j];
-      idx[j] = 0;
-    }
-    for (int64_t n = 1; n < n_markers; ++n) {
-      const scalar_t row = row_factors[n * rows + r];
-      const scalar_t* __restrict__ cols = col_factors + n * padded_width;
-      const int32_t marker = static_cast<int32_t>(n);
-      for (int64_t j = 0; j < padded_width; ++j) {
-        const scalar_t value = row * cols[j], current = out[j];
-        // Strict '>' keeps the lowest index on ties.
-        const int32_t take = -static_cast<int32_t>(value > current);
-        out[j] = value > current ? value : current;
-        idx[j] = (marker & take) | (idx[j] & ~take);
+struct PixelVector {
+  static constexpr int64_t kLanes = kVectorBytes / sizeof(scalar_t);
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  typedef scalar_t Values __attribute__((vector_size(kVectorBytes)));
+  typedef bits_t Winners __attribute__((vector_size(kVectorBytes)));  // lane width of a comparison
+  typedef int32_t Winners32 __attribute__((vector_size(kLanes * 4)));
+};
+
+// The hot loop: for a vector of pixels of one row, the running max and winner stay in registers
+// while every marker contributes one multiply, one compare and two selects. Column vectors outside,
+// rows inside, so a column block of the factor table stays in L1 across the tile's rows.
+// col_factors: [N, padded_width]; row_factors: [N, row_stride], of which `rows` are drawn.
+template <typename scalar_t>
+SPLATKERN_ISA_CLONES void composite_tile(scalar_t* __restrict__ image, int32_t* __restrict__ index, int64_t width,
+                                         const scalar_t* __restrict__ col_factors, int64_t padded_width,
+                                         const scalar_t* __restrict__ row_factors, int64_t row_stride,
+                                         int64_t rows, int64_t n_markers) {
+  using V = PixelVector<scalar_t>;
+  using Values = typename V::Values;
+  using Winners = typename V::Winners;
+  for (int64_t c = 0; c < padded_width; c += V::kLanes) {
+    for (int64_t r = 0; r < rows; ++r) {
+      Values cols;
+      std::memcpy(&cols, col_factors + c, sizeof cols);
+      Values best = row_factors[r] * cols;
+      Winners winner = {};
+      for (int64_t n = 1; n < n_markers; ++n) {
+        std::memcpy(&cols, col_factors + n * padded_width + c, sizeof cols);
+        const Values value = row_factors[n * row_stride + r] * cols;
+        const Winners takes = value > best;  // strict: the lowest index keeps ties
+        best = takes ? value : best;
+        winner = takes ? Winners{} + static_cast<typename V::bits_t>(n) : winner;
       }
+      const typename V::Winners32 winner32 = __builtin_convertvector(winner, typename V::Winners32);
+      const int64_t count = std::min(V::kLanes, width - c);  // the last vector may hang past the row
+      std::memcpy(image + r * width + c, &best, count * sizeof(scalar_t));
+      std::memcpy(index + r * width + c, &winner32, count * sizeof(int32_t));
     }
   }
 }
 
+// Both axes of every marker's Gaussian over one tile: cols [N, col_stride] = scale * g(j - mx),
+// rows [N, row_stride] = g(row0 + r - my). Separability: (W + rows) exps per marker, not W * rows.
+// Strides are whole vectors, so the factor loops have no scalar remainder; the entries past
+// `width` / `tile.rows` are finite and never read into a result.
 template <typename scalar_t>
-struct ForwardScratch {
-  std::vector<scalar_t> col_factors, row_factors, best;
-  std::vector<int32_t> win;
+struct FactorTables {
+  std::vector<scalar_t> cols, rows;
+  int64_t col_stride = 0, row_stride = 0;
+
+  // `amps` scales the column factors (the forward); nullptr gives the bare Gaussian (the backward).
+  void fill(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers, int64_t width,
+            const Tile& tile) {
+    constexpr int64_t lanes = PixelVector<scalar_t>::kLanes;
+    col_stride = (width + lanes - 1) / lanes * lanes;
+    row_stride = (tile.rows + lanes - 1) / lanes * lanes;
+    cols.resize(n_markers * col_stride);
+    rows.resize(n_markers * row_stride);
+    for (int64_t n = 0; n < n_markers; ++n) {
+      axis_factors(cols.data() + n * col_stride, static_cast<int32_t>(col_stride), -means[2 * n], sigmas[n],
+                   amps ? amps[n] : scalar_t(1));
+      axis_factors(rows.data() + n * row_stride, static_cast<int32_t>(row_stride),
+                   scalar_t(tile.row0) - means[2 * n + 1], sigmas[n], scalar_t(1));
+    }
+  }
 };
 
 template <typename scalar_t>
 void forward_tile(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers,
-                  int64_t width, const Tile& tile, scalar_t* image, int32_t* index,
-                  ForwardScratch<scalar_t>& scratch) {
-  // Separability: amp * g(dx) per column and g(dy) per row cost (W + rows) exps per marker.
-  const int64_t padded_width = (width + kRowPad - 1) / kRowPad * kRowPad;
-  scratch.col_factors.assign(n_markers * padded_width, scalar_t(0));
-  scratch.row_factors.resize(n_markers * tile.rows);
-  scratch.best.resize(tile.rows * padded_width);
-  scratch.win.resize(tile.rows * padded_width);
-  for (int64_t n = 0; n < n_markers; ++n) {
-    const scalar_t mx = means[2 * n], my = means[2 * n + 1];
-    axis_factors(scratch.col_factors.data() + n * padded_width, static_cast<int32_t>(width), -mx, sigmas[n], amps[n]);
-    axis_factors(scratch.row_factors.data() + n * tile.rows, static_cast<int32_t>(tile.rows),
-                 scalar_t(tile.row0) - my, sigmas[n], scalar_t(1));
-  }
-  composite_tile(scratch.best.data(), scratch.win.data(), scratch.col_factors.data(), scratch.row_factors.data(),
-                 n_markers, tile.rows, padded_width);
-  for (int64_t r = 0; r < tile.rows; ++r) {
-    std::copy_n(scratch.best.data() + r * padded_width, width, image + (tile.row0 + r) * width);
-    std::copy_n(scratch.win.data() + r * padded_width, width, index + (tile.row0 + r) * width);
-  }
+                  int64_t width, const Tile& tile, scalar_t* image, int32_t* index, FactorTables<scalar_t>& tables) {
+  tables.fill(means, sigmas, amps, n_markers, width, tile);
+  composite_tile(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(), tables.col_stride,
+                 tables.rows.data(), tables.row_stride, tile.rows, n_markers);
 }
 
 std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, const at::Tensor& sigmas,
@@ -177,12 +196,12 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
     scalar_t* img = image.mutable_data_ptr<scalar_t>();
     int32_t* idx = index.mutable_data_ptr<int32_t>();
     at::parallel_for(0, batch * tiling.tiles_per_image, 1, [&](int64_t begin, int64_t end) {
-      ForwardScratch<scalar_t> scratch;
+      FactorTables<scalar_t> tables;
       for (int64_t item = begin; item < end; ++item) {
         const Tile tile = tile_at(tiling, item, height);
         const int64_t b = tile.b;
         forward_tile(m + b * n_markers * 2, s + b * n_markers, a + b * n_markers, n_markers, width, tile,
-                     img + b * height * width, idx + b * height * width, scratch);
+                     img + b * height * width, idx + b * height * width, tables);
       }
     });
   });
@@ -194,24 +213,12 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
 constexpr int64_t kPartials = 4;
 
 template <typename scalar_t>
-struct BackwardScratch {
-  std::vector<scalar_t> col_factors, row_factors;
-};
-
-template <typename scalar_t>
 void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
                    const scalar_t* amps, const int32_t* index, int64_t n_markers, int64_t width,
-                   const Tile& tile, double* partials, BackwardScratch<scalar_t>& scratch) {
-  // The forward's axis factors (without amp), so each pixel's exp(-d^2 / 2s^2) is one multiply and
+                   const Tile& tile, double* partials, FactorTables<scalar_t>& tables) {
+  // The forward's axis factors (without amp): each pixel's exp(-d^2 / 2s^2) is one multiply and
   // exactly the value the forward composited.
-  scratch.col_factors.resize(n_markers * width);
-  scratch.row_factors.resize(n_markers * tile.rows);
-  for (int64_t n = 0; n < n_markers; ++n) {
-    axis_factors(scratch.col_factors.data() + n * width, static_cast<int32_t>(width), -means[2 * n], sigmas[n],
-                 scalar_t(1));
-    axis_factors(scratch.row_factors.data() + n * tile.rows, static_cast<int32_t>(tile.rows),
-                 scalar_t(tile.row0) - means[2 * n + 1], sigmas[n], scalar_t(1));
-  }
+  tables.fill(means, sigmas, nullptr, n_markers, width, tile);
   std::fill(partials, partials + n_markers * kPartials, 0.0);
   for (int64_t r = 0; r < tile.rows; ++r) {
     const int64_t i = tile.row0 + r;
@@ -220,7 +227,7 @@ void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scal
       const scalar_t g = grad_image[i * width + j];
       TORCH_CHECK_VALUE(n >= 0 && n < n_markers, "splat_backward: index holds ", n, ", outside [0, ",
                         n_markers, ")");
-      const scalar_t e = scratch.col_factors[n * width + j] * scratch.row_factors[n * tile.rows + r];
+      const scalar_t e = tables.cols[n * tables.col_stride + j] * tables.rows[n * tables.row_stride + r];
       if (g == scalar_t(0) || e == scalar_t(0)) continue;
       const double g_e = double(g) * double(e);
       const double g_v = g_e * double(amps[n]);
@@ -258,13 +265,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
     const scalar_t* a = amps.const_data_ptr<scalar_t>();
     const int32_t* idx = index.const_data_ptr<int32_t>();
     at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
-      BackwardScratch<scalar_t> scratch;
+      FactorTables<scalar_t> tables;
       for (int64_t item = begin; item < end; ++item) {
         const Tile tile = tile_at(tiling, item, height);
         const int64_t b = tile.b;
         backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers, a + b * n_markers,
                       idx + b * height * width, n_markers, width, tile,
-                      partials.data() + item * n_markers * kPartials, scratch);
+                      partials.data() + item * n_markers * kPartials, tables);
       }
     });
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
