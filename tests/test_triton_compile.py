@@ -1,6 +1,6 @@
 """The Triton kernels compile for real GPUs (sm_80, sm_90) without spilling registers, with no GPU here.
 
-The interpreter (test_triton.py) checks what the kernels compute, but accepts code that the GPU
+The interpreter (the cpu-triton cases of test_backends.py) checks what the kernels compute, but accepts code that the GPU
 compiler rejects, and says nothing of registers. Compiling needs triton without the interpreter,
 so it runs in a child process: this file run as a script prints each kernel's resource usage.
 """

@@ -1,0 +1,442 @@
+"""Every backend of splat_render against the contract (splatkern/reference.py): each fact is one test,
+parametrised over (device, backend). On CPU: the C++ kernel, Triton under its interpreter and the
+reference; on CUDA: the CUDA kernels, Triton and the reference (marked `gpu`; skipped, with the
+reason, where there is no CUDA device). The helpers and the tolerance table are in tests/support.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from splatkern import splat_render, splat_render_reference
+from support import (
+    ALL_CASES,
+    FUSED_CASES,
+    FUSED_OPS,
+    TOLERANCES,
+    WITH_ATOMIC_BACKWARD,
+    assert_grads_close,
+    assert_matches_reference,
+    clear_pixels,
+    is_interpreted,
+    make_markers,
+    random_like_image,
+    render_with_grads,
+    require,
+)
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# The dtypes the kernels compute in: float16 and bfloat16 run the float32 kernels.
+KERNEL_DTYPES = (torch.float32, torch.float64)
+CUDA_FUSED_CASES = [case for case in FUSED_CASES if case.values[0] == "cuda"]
+CUDA_CASES = [case for case in ALL_CASES if case.values[0] == "cuda"]
+# Where the reference backend is compared with the float64 oracle: on CPU it is the oracle itself, up to
+# the wrapper's dtype casts, which every other case runs too; on CUDA it also runs on another device.
+COMPARED_CASES = [*FUSED_CASES, *(case for case in CUDA_CASES if case.values[1] == "reference")]
+CPP_CASES = [case for case in FUSED_CASES if case.values[1] in ("cpu", "cuda")]
+
+
+def modes(backend: str) -> tuple[bool, ...]:
+    """The `deterministic` values that select different backward code in `backend`."""
+    return (False, True) if backend in WITH_ATOMIC_BACKWARD else (False,)
+
+
+def mode_id(backend: str, deterministic: bool) -> str:
+    if backend not in WITH_ATOMIC_BACKWARD:
+        return ""
+    return "-deterministic" if deterministic else "-atomic"
+
+
+def with_modes(cases):
+    """(device, backend, deterministic) for each case and each of its backward modes."""
+    return [
+        pytest.param(*case.values, deterministic, marks=case.marks, id=case.id + mode_id(case.values[1], deterministic))
+        for case in cases
+        for deterministic in modes(case.values[1])
+    ]
+
+
+class Shape(NamedTuple):
+    batch: tuple[int, ...]
+    n_markers: int
+    height: int
+    width: int
+    interpreted: bool  # small enough for Triton's interpreter (milliseconds per kernel loop step and program)
+
+    def __str__(self) -> str:
+        return f"{'x'.join(map(str, self.batch)) or 'nobatch'}-N{self.n_markers}-{self.height}x{self.width}"
+
+
+# Odd sizes that fit no block evenly. Together: N = 0, 1, 7, 64, 300; no, one and two leading dims; H != W.
+SHAPES = [
+    Shape((), 7, 9, 41, True),  # no leading dims; N = 7 cuts Triton's marker blocks (forward 4, backward 8)
+    Shape((2, 3), 1, 9, 20, True),  # two leading dims; one marker
+    Shape((2,), 64, 13, 7, True),  # N = one CUDA marker block; H > W
+    Shape((4,), 0, 9, 41, True),  # no markers: zero image, index -1
+    Shape((1,), 21, 40, 36, True),  # Triton: backward marker blocks (16 / 8) cut; 2 x 2 forward tiles; 2 pixel runs
+    Shape((3,), 9, 1, 33, True),  # a single row
+    # Too slow for the interpreter (their Triton case runs on CUDA, cuda-triton):
+    Shape((1,), 300, 9, 41, False),  # several CUDA marker blocks (64), the last one cut
+    Shape((16,), 4, 28, 28, False),  # CPU: batch >= 16, one tile per image; the MNIST size
+    Shape((1,), 12, 70, 90, False),  # CPU: row tiles of 45 + 25 rows; CUDA: several backward tiles (1024 / 2048 px)
+]
+
+
+def contract_matrix(cases, dtypes, shapes):
+    """(device, backend, dtype, deterministic, shape) for every case, with the deterministic backward
+    of the backends that have one in the kernels' own dtypes. The interpreted case is marked skip,
+    with the reason, for shapes too slow for the interpreter and for float16/bfloat16, which run the
+    very float32 kernels it checks (cuda-triton runs all of them)."""
+    params = []
+    for case in cases:
+        device, backend = case.values
+        for dtype in dtypes:
+            for deterministic in modes(backend) if dtype in KERNEL_DTYPES else (False,):
+                for shape in shapes:
+                    marks = list(case.marks)
+                    if is_interpreted(device, backend) and not shape.interpreted:
+                        marks.append(pytest.mark.skip(reason="shape too slow for the Triton interpreter (cuda-triton runs it)"))
+                    elif is_interpreted(device, backend) and dtype not in KERNEL_DTYPES:
+                        marks.append(pytest.mark.skip(reason="the interpreter checks the float32 kernels that float16/bfloat16 "
+                                                             "run in float32 cases (cuda-triton runs them)"))
+                    dtype_id = str(dtype).removeprefix("torch.")
+                    params.append(pytest.param(device, backend, dtype, deterministic, shape, marks=marks,
+                                               id=f"{case.id}-{dtype_id}{mode_id(backend, deterministic)}-{shape}"))
+    return params
+
+
+# --- the contract's values, winners and gradients ---------------------------------------------------
+
+
+def test_reference_is_the_formula_written_out():
+    """The oracle itself, against the contract by hand at pixel (row 2, column 5): x = 5, y = 2."""
+    means = torch.tensor([[4.0, 1.0], [6.5, 2.5]], dtype=torch.float64)
+    sigmas = torch.tensor([1.5, 0.8], dtype=torch.float64)
+    amps = torch.tensor([0.9, 0.6], dtype=torch.float64)
+    expected = [a * math.exp(-((5 - m[0]) ** 2 + (2 - m[1]) ** 2) / (2 * s**2)) for m, s, a in
+                zip(means.tolist(), sigmas.tolist(), amps.tolist())]
+    image, index = splat_render_reference(means, sigmas, amps, 4, 8)
+    assert image.dtype == torch.float64 and index.dtype == torch.int32 and image.shape == index.shape == (4, 8)
+    assert image[2, 5].item() == pytest.approx(max(expected), rel=1e-12)
+    assert index[2, 5].item() == int(expected[1] > expected[0])
+
+
+@pytest.mark.parametrize("device, backend, dtype, deterministic, shape", contract_matrix(COMPARED_CASES, DTYPES, SHAPES))
+def test_matches_reference(device, backend, dtype, deterministic, shape):
+    require(device, backend)
+    batch, n_markers, height, width, _ = shape
+    inputs = make_markers(batch, n_markers, height, width, dtype=dtype, device=device, seed=n_markers)
+    *_, clear = assert_matches_reference(backend, *inputs, height, width, deterministic=deterministic)
+    assert clear.float().mean() > 0.5, "most winners should be clear, or the test checks little"
+
+
+EXTREME_INPUTS = {
+    "far-outside": dict(margin=30.0),
+    "tiny-sigmas": dict(sigma_range=(1e-3, 2e-2)),
+    "huge-sigmas": dict(sigma_range=(50.0, 1e4)),
+    "mostly-negative-amps": {},
+}
+
+
+@pytest.mark.parametrize("device, backend", COMPARED_CASES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("kind", EXTREME_INPUTS)
+def test_matches_reference_on_extreme_inputs(device, backend, dtype, kind):
+    require(device, backend)
+    means, sigmas, amps = make_markers((3,), 9, 15, 17, dtype=dtype, device=device, seed=5, **EXTREME_INPUTS[kind])
+    if kind == "far-outside":
+        outside = (means < -0.5).any(-1) | (means > 16.5).any(-1)
+        assert outside.float().mean() > 0.5
+    if kind == "mostly-negative-amps":  # where every marker is negative, the faintest one wins
+        amps = amps - 0.6
+    assert_matches_reference(backend, means, sigmas, amps, 15, 17)
+
+
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_exact_ties_go_to_the_lowest_index(device, backend, dtype):
+    """Exact copies of marker 1 (the brightest, at the centre) in the same Triton marker block (2), in
+    Triton's next forward block (5) and in CUDA's next marker block (65) never win, nor get gradient."""
+    require(device, backend)
+    height, width, copies = 11, 13, [2, 5, 65]
+    means, sigmas, amps = make_markers((2,), 70, height, width, dtype=dtype, device=device, seed=3)
+    means[:, 1] = torch.tensor([6.0, 5.0], dtype=dtype, device=device)
+    sigmas[:, 1], amps[:, 1] = 2.0, 1.5
+    others = [n for n in range(70) if n not in copies]
+    # Where the winner is certain without the copies, it is marker 1 wherever a copy ties with it.
+    clear = clear_pixels(means[:, others], sigmas[:, others], amps[:, others], height, width)
+    for n in copies:
+        means[:, n], sigmas[:, n], amps[:, n] = means[:, 1], sigmas[:, 1], amps[:, 1]
+
+    _, index, grads, _ = assert_matches_reference(backend, means, sigmas, amps, height, width, clear=clear)
+    assert (index == 1).sum() > 10
+    assert not torch.isin(index, torch.tensor(copies, dtype=torch.int32, device=device)).any()
+    for grad in grads:
+        assert (grad[:, copies] == 0).all()
+        assert (grad[:, 1] != 0).all()
+
+
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+def test_non_contiguous_inputs(device, backend):
+    require(device, backend)
+    means, sigmas, amps = make_markers((6,), 8, 14, 15, dtype=torch.float64, device=device, seed=9)
+    means = means.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    sigmas = torch.stack([sigmas, sigmas], -1)[..., 0]
+    amps = amps.t().contiguous().t()
+    assert not (means.is_contiguous() or sigmas.is_contiguous() or amps.is_contiguous())
+    assert_matches_reference(backend, means, sigmas, amps, 14, 15)
+
+
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+def test_batch_items_render_independently(device, backend):
+    """Leading dims are only a batch: each image is bit-identical to rendering its markers alone."""
+    require(device, backend)
+    means, sigmas, amps = make_markers((2, 3), 5, 8, 9, dtype=torch.float64, device=device, seed=1)
+    image, index = splat_render(means, sigmas, amps, height=8, width=9, backend=backend, return_index=True)
+    assert image.shape == index.shape == (2, 3, 8, 9)
+    for i in range(2):
+        for j in range(3):
+            single, single_index = splat_render(means[i, j], sigmas[i, j], amps[i, j], height=8, width=9,
+                                                backend=backend, return_index=True)
+            assert torch.equal(image[i, j], single) and torch.equal(index[i, j], single_index)
+
+
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+def test_empty_batch(device, backend):
+    require(device, backend)
+    means, sigmas, amps = make_markers((0,), 5, 9, 41, device=device)
+    upstream = torch.ones(0, 9, 41, device=device)
+    image, index, grads = render_with_grads(backend, means, sigmas, amps, 9, 41, upstream)
+    assert image.shape == index.shape == (0, 9, 41)
+    assert [g.shape for g in grads] == [means.shape, sigmas.shape, amps.shape]
+
+
+@pytest.mark.parametrize("device, backend", FUSED_CASES)
+def test_expanded_upstream_gradient(device, backend):
+    """image.sum() hands the backward a stride-0 gradient; the kernels read raw pointers."""
+    require(device, backend)
+    means, sigmas, amps = make_markers((2,), 5, 7, 9, device=device, seed=10)
+    expanded = torch.ones(1, device=device).expand(2, 7, 9)
+    dense = torch.ones(2, 7, 9, device=device)
+    grads = [render_with_grads(backend, means, sigmas, amps, 7, 9, upstream, deterministic=True)[2]
+             for upstream in (expanded, dense)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("device, backend, deterministic", with_modes(ALL_CASES))
+def test_gradcheck_float64(device, backend, deterministic):
+    require(device, backend)
+    # Well apart, with distinct amplitudes: no pixel's winner changes under gradcheck's perturbations.
+    means = torch.tensor([[1.2, 1.7], [5.6, 2.3], [3.1, 5.4]], dtype=torch.float64, device=device)
+    sigmas = torch.tensor([0.9, 1.3, 1.1], dtype=torch.float64, device=device)
+    amps = torch.tensor([0.7, 1.0, 0.85], dtype=torch.float64, device=device)
+    assert clear_pixels(means, sigmas, amps, 7, 8).all()
+
+    def render(m, s, a):
+        return splat_render(m, s, a, height=7, width=8, backend=backend, deterministic=deterministic)
+
+    inputs = [t.requires_grad_() for t in (means, sigmas, amps)]
+    # An atomic backward may add in any order: rounding-level differences between runs are allowed.
+    nondet_tol = 1e-12 if backend in WITH_ATOMIC_BACKWARD and not deterministic else 0.0
+    # Under the interpreter a backward call costs ~30 ms: one random projection of the Jacobian
+    # (fast mode) instead of one backward call per pixel.
+    assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-7, nondet_tol=nondet_tol,
+                                    fast_mode=is_interpreted(device, backend))
+
+
+@pytest.mark.parametrize("device, backend", FUSED_CASES)
+@pytest.mark.parametrize("n_markers, dtype", [(0, torch.float64), (5, torch.float32)], ids=str)
+def test_opcheck(device, backend, n_markers, dtype):
+    """The backend's op pair: schema, fake tensors, autograd registration, AOT dispatch."""
+    require(device, backend)
+    forward, backward = (getattr(torch.ops.splatkern, name).default for name in FUSED_OPS[backend])
+    means, sigmas, amps = make_markers((3,), n_markers, 6, 9, dtype=dtype, device=device, seed=2)
+    torch.library.opcheck(forward, (*(t.clone().requires_grad_() for t in (means, sigmas, amps)), 6, 9, False))
+    _, index = forward(means, sigmas, amps, 6, 9, False)
+    grad_image = random_like_image((3, 6, 9), device=device, seed=5).to(dtype)
+    for deterministic in modes(backend):
+        torch.library.opcheck(backward, (grad_image, means, sigmas, amps, index, deterministic))
+
+
+# The reference on CPU is left out: inductor would compile its own C++ for it (tens of seconds here).
+@pytest.mark.parametrize("device, backend", COMPARED_CASES)
+def test_torch_compile_fullgraph(device, backend):
+    """Compiled with fullgraph=True: the same image, winners and gradients as eager (bit-identical
+    where the same kernels run), and the fused ops' value checks still raise."""
+    require(device, backend)
+    means, sigmas, amps = make_markers((2, 3), 16, 19, 23, device=device, seed=6)
+    upstream = random_like_image((2, 3, 19, 23), device=device, seed=7).float()
+
+    def render(m, s, a):
+        return splat_render(m, s, a, height=19, width=23, backend=backend, return_index=True, deterministic=True)
+
+    eager = render_with_grads(backend, means, sigmas, amps, 19, 23, upstream, deterministic=True)
+    leaves = [t.clone().requires_grad_() for t in (means, sigmas, amps)]
+    compiled_render = torch.compile(render, fullgraph=True)
+    image, index = compiled_render(*leaves)
+    compiled = [image.detach(), index, torch.autograd.grad(image, leaves, upstream)]
+    if backend in FUSED_OPS:
+        assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+        assert all(torch.equal(c, e) for c, e in zip(compiled[2], eager[2], strict=True))
+        bad_sigmas = sigmas.clone().requires_grad_()
+        with pytest.raises(ValueError, match="sigmas must be > 0"):
+            compiled_render(leaves[0], -bad_sigmas, leaves[2])
+        with pytest.raises(ValueError, match="means must be finite"):
+            compiled_render(leaves[0].detach().index_fill(1, torch.tensor([0], device=device), math.nan)
+                            .requires_grad_(), *leaves[1:])
+    else:  # inductor generates its own kernel for the reference's math, which may round differently
+        atol, rtol = TOLERANCES[torch.float32][0]
+        torch.testing.assert_close(compiled[0], eager[0], atol=atol, rtol=rtol)
+        clear = clear_pixels(means, sigmas, amps, 19, 23)
+        assert torch.equal(compiled[1][clear], eager[1][clear])
+        assert_grads_close(compiled[2], eager[2], torch.float32)
+
+
+@pytest.mark.parametrize("device, backend", FUSED_CASES)
+def test_deterministic_is_bit_identical_on_repeat(device, backend):
+    require(device, backend)
+    # On a GPU, many pixels per marker, so that an atomic backward would see contention.
+    batch, n_markers, size = (8, 64, 64) if device == "cuda" else (3, 20, 28)
+    means, sigmas, amps = make_markers((batch,), n_markers, size, size, device=device, seed=8)
+    upstream = random_like_image((batch, size, size), device=device, seed=9).float()
+    runs = [render_with_grads(backend, means, sigmas, amps, size, size, upstream, deterministic=True)
+            for _ in range(3)]
+    for image, index, grads in runs[1:]:
+        assert torch.equal(image, runs[0][0]) and torch.equal(index, runs[0][1])
+        assert all(torch.equal(g, first) for g, first in zip(grads, runs[0][2], strict=True))
+    # ...and the atomic backward agrees with it up to the order of additions.
+    atomic = render_with_grads(backend, means, sigmas, amps, size, size, upstream, deterministic=False)[2]
+    assert_grads_close(atomic, runs[0][2], torch.float32)
+
+
+FLAWS = {  # id: (which tensor, where, the bad value, the message expected)
+    "sigma-zero": ("sigmas", (0, 1), 0.0, "sigmas must be > 0"),
+    "sigma-negative": ("sigmas", (1, 0), -1.0, "sigmas must be > 0"),
+    "sigma-nan": ("sigmas", (0, 0), math.nan, "sigmas must be finite"),
+    "sigma-inf": ("sigmas", (1, 2), math.inf, "sigmas must be finite"),
+    "means-nan": ("means", (0, 2, 1), math.nan, "means must be finite"),
+    "means-inf": ("means", (1, 3, 0), -math.inf, "means must be finite"),
+    "amps-nan": ("amps", (1, 2), math.nan, "amps must be finite"),
+    "amps-inf": ("amps", (1, 3), math.inf, "amps must be finite"),
+}
+
+
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+@pytest.mark.parametrize("flaw", FLAWS)
+def test_bad_values_raise_value_error(device, backend, flaw):
+    require(device, backend)
+    markers = dict(zip(("means", "sigmas", "amps"), make_markers((2,), 4, 9, 41, device=device, seed=10)))
+    name, where, value, message = FLAWS[flaw]
+    markers[name][where] = value
+    with pytest.raises(ValueError, match=message):
+        splat_render(**markers, height=9, width=41, backend=backend)
+
+
+@pytest.mark.parametrize("device, backend", FUSED_CASES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_axis_factors_flush_at_the_contract_exponent(device, backend, dtype):
+    """A per-axis factor exp(-e) is flushed to zero exactly when e > -0.5 * log(smallest normal), in
+    the forward and in the backward's e (the contract; csrc/splat.h kFlushExponent for C++)."""
+    require(device, backend)
+    threshold = -0.5 * math.log(torch.finfo(dtype).tiny)
+    below, above = threshold * (1 - 1e-3), threshold * (1 + 1e-3)
+    # Four one-pixel images, one marker each (sigma 1, amp 1), offset from the pixel along x or y
+    # by sqrt(2 e): that axis's exponent is e, the other's 0.
+    offsets = [-math.sqrt(2 * e) for e in (below, above)]
+    means = torch.tensor([[[offsets[0], 0.0]], [[offsets[1], 0.0]], [[0.0, offsets[0]]], [[0.0, offsets[1]]]])
+    means = means.to(device, dtype)
+    sigmas = torch.ones(4, 1, device=device, dtype=dtype)
+    amps = torch.ones(4, 1, device=device, dtype=dtype, requires_grad=True)
+
+    image = splat_render(means, sigmas, amps, height=1, width=1, backend=backend)
+    (grad_amps,) = torch.autograd.grad(image.sum(), amps)  # d image / d amp is the backward's e
+
+    kept = math.exp(-below)
+    assert image.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+    assert grad_amps.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+    # The oracle does not flush: what is checked here is the kernels' own rule.
+    assert (splat_render_reference(means.double(), sigmas.double(), amps.detach().double(), 1, 1)[0] > 0).all()
+
+
+# --- raw ops ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, backend", FUSED_CASES)
+def test_backward_op_rejects_an_index_it_cannot_gather(device, backend):
+    """The backward gathers markers by the winner map: one outside [0, N), or not int32, is an error, not a read
+    out of bounds."""
+    require(device, backend)
+    forward, backward = (getattr(torch.ops.splatkern, name) for name in FUSED_OPS[backend])
+    means, sigmas, amps = make_markers((2,), 3, 4, 5, device=device)
+    image, index = forward(means, sigmas, amps, 4, 5, False)
+    grad_image = torch.ones_like(image)
+    for bad in (3, -1):
+        out_of_range = index.clone()
+        out_of_range[1, 2, 3] = bad
+        with pytest.raises(ValueError, match=r"index holds .*outside \[0, 3\)"):
+            backward(grad_image, means, sigmas, amps, out_of_range, False)
+    with pytest.raises(TypeError, match="index must be int32"):
+        backward(grad_image, means, sigmas, amps, index.long(), False)
+
+
+@pytest.mark.parametrize("device, backend", CPP_CASES)
+def test_cpp_forward_op_rejects_bad_layouts(device, backend):
+    """The C++ op checks what splat_render otherwise guarantees (csrc/splat.cpp)."""
+    require(device, backend)
+    means, sigmas, amps = make_markers((2,), 3, 4, 5, device=device)
+    with pytest.raises(ValueError, match="means must have shape"):
+        torch.ops.splatkern.splat_forward(means[..., :1].contiguous(), sigmas, amps, 4, 4, False)
+    with pytest.raises(ValueError, match="contiguous"):
+        torch.ops.splatkern.splat_forward(means.transpose(0, 1), sigmas.t(), amps.t(), 4, 4, False)
+
+
+# --- large inputs, on a GPU only ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, backend", CUDA_FUSED_CASES)
+def test_large_batch(device, backend):
+    """B=4096, N=256, 64x64: runs without materialising [B, N, H, W]; checked on a subset of images."""
+    require(device, backend)
+    batch, n_markers, size = 4096, 256, 64
+    means, sigmas, amps = make_markers((batch,), n_markers, size, size, device=device, seed=11)
+    subset = torch.arange(0, batch, 512, device=device)
+    clear = clear_pixels(means[subset], sigmas[subset], amps[subset], size, size)
+    upstream = torch.zeros(batch, size, size, device=device)
+    upstream[subset] = (random_like_image(clear.shape, device=device, seed=12) * clear).float()
+    image, index, grads = render_with_grads(backend, means, sigmas, amps, size, size, upstream)
+    ref_image, ref_index, ref_grads = render_with_grads(
+        "reference", *(t[subset].double() for t in (means, sigmas, amps)), size, size, upstream[subset].double())
+
+    atol, rtol = TOLERANCES[torch.float32][0]
+    torch.testing.assert_close(image[subset].double(), ref_image, atol=atol, rtol=rtol)
+    assert torch.equal(index[subset][clear], ref_index[clear])
+    assert_grads_close([g[subset] for g in grads], ref_grads, torch.float32)
+    others = torch.ones(batch, dtype=torch.bool, device=device)
+    others[subset] = False
+    assert all((g[others] == 0).all() for g in grads), "gradient reached images whose upstream gradient is zero"
+
+
+@pytest.mark.parametrize("device, backend", CUDA_CASES)
+def test_no_memory_leak(device, backend):
+    require(device, backend)
+    means, sigmas, amps = (t.requires_grad_() for t in make_markers((16,), 32, 28, 28, device=device, seed=13))
+
+    def step():
+        image = splat_render(means, sigmas, amps, height=28, width=28, backend=backend)
+        image.square().sum().backward()
+        means.grad = sigmas.grad = amps.grad = None
+
+    step()  # the first call compiles kernels and fills caches
+    torch.cuda.synchronize()
+    gc.collect()
+    baseline = torch.cuda.memory_allocated()
+    for _ in range(20):
+        step()
+    torch.cuda.synchronize()
+    gc.collect()
+    assert torch.cuda.memory_allocated() == baseline
