@@ -108,19 +108,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loaded_run(args: argparse.Namespace):
+def _load_run(args: argparse.Namespace):
+    """The run in --out: its directory, trained model, configuration and recorded animation."""
     run_dir = Path(args.out_dir or train.TrainConfig.out_dir)
-    model, config, animation = train.load_trained(run_dir / train.CHECKPOINT, args.device or "cpu")
+    return (run_dir, *train.load_trained(run_dir / train.CHECKPOINT, args.device or "cpu"))
+
+
+def _dataset(args: argparse.Namespace, config: train.TrainConfig, split: str, limit: int | None) -> data.ImageSet:
+    """The run's dataset, from --data-dir / --no-download when given."""
     data_dir = getattr(args, "data_dir", None) or config.data_dir
-    download = config.download if getattr(args, "download", None) is None else args.download
-    limit = getattr(args, "test_limit", None) or config.test_limit
-    test_set = data.load(config.dataset, "test", data_dir, download=download, limit=limit)
-    return run_dir, model, config, animation, test_set, data_dir, download
+    download = getattr(args, "download", None)
+    return data.load(config.dataset, split, data_dir, download=config.download if download is None else download,
+                     limit=limit)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    run_dir, model, config, _, test_set, data_dir, download = _loaded_run(args)
-    train_set = data.load(config.dataset, "train", data_dir, download=download, limit=args.probe_train_limit)
+    run_dir, model, config, _ = _load_run(args)
+    train_set = _dataset(args, config, "train", args.probe_train_limit)
+    test_set = _dataset(args, config, "test", getattr(args, "test_limit", None) or config.test_limit)
     report = evaluate.evaluate(model, train_set, test_set, k=args.k, seed=config.seed, scaling=args.scaling,
                                probe_train_limit=args.probe_train_limit)
     print(evaluate.markdown(report))
@@ -130,9 +135,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    run_dir, model, config, animation, test_set, *_ = _loaded_run(args)
-    for path in pictures.write_all(model, test_set.images[:PICTURE_SAMPLES], animation, run_dir,
-                                   connected=config.model.model == "gesture"):
+    run_dir, model, config, animation = _load_run(args)
+    test_set = _dataset(args, config, "test", PICTURE_SAMPLES)
+    for path in pictures.write_all(model, test_set.images, animation, run_dir, connected=config.model.model == "gesture"):
         print(f"wrote {path}")
     return 0
 
@@ -142,7 +147,6 @@ def _demo(args: argparse.Namespace) -> int:
                                device=args.device or "auto")
     print(f"training the gesture model on scikit-learn's digits for {config.epochs} epochs ...")
     train.train(config, progress=True)
-    args.test_limit = args.data_dir = args.download = None
     _eval(args)
     _render(args)
     print(f"demo done: pictures and the clustering table are in {Path(args.out_dir).resolve()}")

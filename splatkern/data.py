@@ -7,6 +7,7 @@ only when ``download`` is allowed and the network answers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -87,9 +88,14 @@ def _download(make, name: str, download: bool, expected: list[Path]):
     missing = "\n  ".join(str(path) for path in expected)
     if not download:
         raise DatasetNotFound(f"dataset {name!r} not found; expected the files\n  {missing}\n(downloading is off)")
+    raw = expected[0].parent
+    created = [folder for folder in (raw.parent, raw) if not folder.exists()]
     try:
         return make(download=True)
     except (RuntimeError, OSError) as error:
+        for folder in reversed(created):  # torchvision makes the folders first: leave data_dir as it was
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise DatasetNotFound(
             f"dataset {name!r} not found and the download failed ({str(error).strip().splitlines()[-1]}); "
             f"expected the files\n  {missing}\nPut them there (torchvision layout) or pass --data-dir."
