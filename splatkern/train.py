@@ -165,39 +165,38 @@ def _run(config: TrainConfig, world: _World, resume: bool, progress: bool) -> Tr
     elif world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    train_set = data.load(config.dataset, "train", config.data_dir, download=config.download, limit=config.train_limit)
-    test_set = data.load(config.dataset, "test", config.data_dir, download=config.download, limit=config.test_limit)
-    batches = len(train_set.images) // config.batch_size  # the last partial batch is dropped
+    # on the device once: a batch is then an index into device memory
+    train_images = data.load(config.dataset, "train", config.data_dir, download=config.download,
+                             limit=config.train_limit).images.to(world.device)
+    test_images = data.load(config.dataset, "test", config.data_dir, download=config.download,
+                            limit=config.test_limit).images
+    batches = len(train_images) // config.batch_size  # the last partial batch is dropped
     if batches == 0:
-        raise ValueError(f"{len(train_set.images)} training images make no batch of {config.batch_size}")
+        raise ValueError(f"{len(train_images)} training images make no batch of {config.batch_size}")
     frame_steps = _log_spaced(config.epochs * batches)
-    samples = test_set.images[: config.animation_samples].to(world.device)
+    samples = test_images[: config.animation_samples].to(world.device)
+    records = world.is_main and len(samples) > 0
     net = DistributedDataParallel(model) if world.size > 1 else model
 
     with _deferred_interrupt() as interrupt:
         for epoch in range(position.epoch, config.epochs):
-            order = _epoch_order(len(train_set.images), config.seed, epoch)
+            order = _epoch_order(len(train_images), config.seed, epoch)
             started = time.perf_counter()
             bar = tqdm(range(position.step_in_epoch, batches), desc=f"epoch {epoch + 1}/{config.epochs}",
                        initial=position.step_in_epoch, total=batches, disable=not (progress and world.is_main),
                        dynamic_ncols=True)
             for step in bar:
-                if world.is_main and position.global_step in frame_steps:
+                if records and position.global_step in frame_steps:
                     _record_frame(model, samples, position)
                 batch = order[step * config.batch_size : (step + 1) * config.batch_size][world.rank :: world.size]
-                images = train_set.images[batch].to(world.device)
-                output, _ = net(images)
-                loss = F.mse_loss(output, images)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-                position.loss_sum += loss.item() * len(images)
-                position.hits += int(pixel_hits(output.detach(), images))
+                images = train_images[batch.to(world.device)]
+                loss, hits = _step(net, optimizer, images)
+                position.loss_sum += loss * len(images)
+                position.hits += hits
                 position.samples += len(images)
                 position.step_in_epoch, position.global_step = step + 1, position.global_step + 1
                 if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{position.hits / (position.samples * images[0].numel()):.4f}")
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{hits / images.numel():.4f}")
                 if world.total(float(interrupt.requested))[0]:
                     position.seconds += time.perf_counter() - started
                     if world.is_main:
@@ -205,18 +204,27 @@ def _run(config: TrainConfig, world: _World, resume: bool, progress: bool) -> Tr
                     raise KeyboardInterrupt(f"training interrupted; resume from {checkpoint}")
             bar.close()
             position.seconds += time.perf_counter() - started
-            _end_epoch(config, world, model, test_set.images, position, batches)
+            _end_epoch(world, model, test_images, position)
             if world.is_main:
                 _save(checkpoint, config, model, optimizer, position)
                 _write_metrics(out_dir, position.history)
-    if world.is_main and position.global_step not in position.frame_steps:
+    if records and position.global_step not in position.frame_steps:
         _record_frame(model, samples, position)
         _save(checkpoint, config, model, optimizer, position)
     return Trained(model, position.history, checkpoint)
 
 
-def _end_epoch(config: TrainConfig, world: _World, model: Autoencoder, test_images: torch.Tensor,
-               position: _Position, batches: int) -> None:
+def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor) -> tuple[float, int]:
+    """One Adam step on the batch's pixel MSE; returns the loss and the pixels within the article's tolerance."""
+    output, _ = net(images)
+    loss = F.mse_loss(output, images)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), int(pixel_hits(output.detach(), images))
+
+
+def _end_epoch(world: _World, model: Autoencoder, test_images: torch.Tensor, position: _Position) -> None:
     loss_sum, hits, samples = world.total(position.loss_sum, position.hits, position.samples)
     row = {
         "epoch": position.epoch + 1,
