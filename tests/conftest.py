@@ -11,3 +11,15 @@ def mnist_root() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
         pytest.skip(f"real MNIST not found at {SHARED_DATA}/MNIST/raw (expected beside the repository)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Batches of 16 gain little from a second thread, and on a busy 2-core machine two OpenMP threads
+    waiting on each other made a training test 8x slower (65 s instead of 8 s)."""
+    import torch  # noqa: PLC0415
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

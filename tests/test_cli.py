@@ -9,6 +9,8 @@ from PIL import Image
 
 from splatkern import cli
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -7,6 +7,8 @@ import torch
 from splatkern import data, evaluate
 from splatkern.models import ModelConfig, build_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_cluster_errors_count_the_samples_outside_each_majority():
     labels = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2])

@@ -8,6 +8,8 @@ from splatkern.models import Commands, GestureDecoder, ModelConfig, build_model,
 from splatkern.models.gesture import START, SWEEP_END_X
 from splatkern.models.markers import VAR_FLOOR, VARCOEF
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def digits():

@@ -12,6 +12,8 @@ import torch
 from splatkern import train
 from splatkern.models import ModelConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
