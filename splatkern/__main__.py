@@ -1,0 +1,3 @@
+from splatkern.cli import main
+
+raise SystemExit(main())

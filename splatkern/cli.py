@@ -1,0 +1,153 @@
+"""The ``splatkern`` command line: parses flags and calls train / evaluate / pictures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from splatkern import data, evaluate, pictures, train
+from splatkern.models import INITS, MODELS, ModelConfig
+from splatkern.models.encoders import ENCODERS
+
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+TRAIN_FIELDS = {f.name for f in fields(train.TrainConfig)} - {"model"}
+DEMO_EPOCHS = 25
+PICTURE_SAMPLES = 16
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        out_dir = getattr(args, "out_dir", None) or train.TrainConfig.out_dir
+        print(f"\ninterrupted; the checkpoint in {out_dir} continues with: splatkern train --resume --out {out_dir}",
+              file=sys.stderr)
+        return 130
+    except (data.DatasetNotFound, FileNotFoundError, ValueError) as error:
+        print(f"splatkern: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splatkern", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    run_flags = argparse.ArgumentParser(add_help=False)
+    run_flags.add_argument("--out", dest="out_dir", help="the run's directory (checkpoint, metrics, pictures)")
+    run_flags.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    run_flags.add_argument("--threads", type=int, help="torch CPU threads")
+
+    data_flags = argparse.ArgumentParser(add_help=False)
+    data_flags.add_argument("--data-dir", help=f"where torchvision datasets live (default {data.DEFAULT_DATA_DIR})")
+    data_flags.add_argument("--no-download", dest="download", action="store_const", const=False,
+                            help="never try to download a missing dataset")
+    data_flags.add_argument("--test-limit", type=int, help="use the first N test images")
+
+    fit = commands.add_parser("train", parents=[run_flags, data_flags], help="train an autoencoder")
+    fit.add_argument("--model", choices=MODELS)
+    fit.add_argument("--encoder", choices=tuple(ENCODERS))
+    fit.add_argument("--points", type=int, help="markers per image (default 25 gesture, 10 static)")
+    fit.add_argument("--step-size", type=float, help="gesture: largest step per marker, in pixels (default 3)")
+    fit.add_argument("--init", choices=INITS, help="sweep (stable, default), default (PyTorch), glorot (the article's)")
+    fit.add_argument("--backend", help="splat_render backend (default auto)")
+    fit.add_argument("--dataset", choices=data.DATASETS, help="default digits (scikit-learn's, no files needed)")
+    fit.add_argument("--train-limit", type=int, help="use the first N training images")
+    fit.add_argument("--epochs", type=int, help="default 50")
+    fit.add_argument("--batch-size", type=int, help="global batch size (default 16)")
+    fit.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    fit.add_argument("--seed", type=int, help="default 0")
+    fit.add_argument("--resume", action="store_true", help="continue the run in --out; other flags override its settings")
+    fit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    fit.set_defaults(run=_train)
+
+    judge = commands.add_parser("eval", parents=[run_flags, data_flags], help="metrics and the clustering table of a run")
+    _add_eval_flags(judge)
+    judge.set_defaults(run=_eval)
+
+    draw = commands.add_parser("render", parents=[run_flags, data_flags], help="pictures of a run")
+    draw.set_defaults(run=_render)
+
+    demo = commands.add_parser("demo", parents=[run_flags], help="train the gesture model on the built-in digits, "
+                               "then write its pictures and clustering table")
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    demo.add_argument("--seed", type=int, default=0)
+    _add_eval_flags(demo)
+    demo.set_defaults(run=_demo, out_dir="runs/demo")
+    return parser
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=10, help="k-means clusters (default 10)")
+    parser.add_argument("--scaling", choices=evaluate.SCALINGS, default="none", help="feature scaling before k-means")
+    parser.add_argument("--probe-train-limit", type=int, default=10000,
+                        help="training images for the linear probe (default 10000)")
+
+
+def _train_config(args: argparse.Namespace) -> train.TrainConfig:
+    """The defaults (or, with --resume, the run's saved settings) overridden by the flags given."""
+    base = train.saved_config(args.out_dir or train.TrainConfig.out_dir) if args.resume else train.TrainConfig()
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    model = replace(base.model, **{name: given[name] for name in MODEL_FIELDS & given.keys()})
+    return replace(base, model=model, **{name: given[name] for name in TRAIN_FIELDS & given.keys()})
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _train_config(args)
+    trained = train.train(config, resume=args.resume, progress=args.progress)
+    if trained.history:
+        last = trained.history[-1]
+        print(f"epoch {last['epoch']}: test pixel accuracy {last['test_accuracy']:.4f}, MSE {last['test_mse']:.4f}, "
+              f"PSNR {last['test_psnr']:.2f} dB; checkpoint {trained.checkpoint}")
+    return 0
+
+
+def _load_run(args: argparse.Namespace):
+    """The run in --out: its directory, trained model, configuration and recorded animation."""
+    run_dir = Path(args.out_dir or train.TrainConfig.out_dir)
+    return (run_dir, *train.load_trained(run_dir / train.CHECKPOINT, args.device or "cpu"))
+
+
+def _dataset(args: argparse.Namespace, config: train.TrainConfig, split: str, limit: int | None) -> data.ImageSet:
+    """The run's dataset, from --data-dir / --no-download when given."""
+    data_dir = getattr(args, "data_dir", None) or config.data_dir
+    download = getattr(args, "download", None)
+    return data.load(config.dataset, split, data_dir, download=config.download if download is None else download,
+                     limit=limit)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    run_dir, model, config, _ = _load_run(args)
+    train_set = _dataset(args, config, "train", args.probe_train_limit)
+    test_set = _dataset(args, config, "test", getattr(args, "test_limit", None) or config.test_limit)
+    report = evaluate.evaluate(model, train_set, test_set, k=args.k, seed=config.seed, scaling=args.scaling,
+                               probe_train_limit=args.probe_train_limit)
+    print(evaluate.markdown(report))
+    for path in evaluate.write_report(report, run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    run_dir, model, config, animation = _load_run(args)
+    test_set = _dataset(args, config, "test", PICTURE_SAMPLES)
+    for path in pictures.write_all(model, test_set.images, animation, run_dir, connected=config.model.model == "gesture"):
+        print(f"wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    config = train.TrainConfig(dataset="digits", epochs=args.epochs, seed=args.seed, out_dir=args.out_dir,
+                               device=args.device or "auto")
+    print(f"training the gesture model on scikit-learn's digits for {config.epochs} epochs ...")
+    train.train(config, progress=True)
+    _eval(args)
+    _render(args)
+    print(f"demo done: pictures and the clustering table are in {Path(args.out_dir).resolve()}")
+    return 0

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from splatkern import data
+from splatkern.models import Commands, GestureDecoder, ModelConfig, build_model, draw
+from splatkern.models.gesture import START, SWEEP_END_X
+from splatkern.models.markers import VAR_FLOOR, VARCOEF
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", "test", limit=6).images
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
+@pytest.mark.parametrize("model,points", [("gesture", 25), ("static", 10), ("gesture", 7)])
+def test_shapes_and_output_ranges(digits, model, points, encoder):
+    torch.manual_seed(0)
+    autoencoder = build_model(ModelConfig(model=model, encoder=encoder, points=points))
+    image, commands = autoencoder(digits)
+    batch = len(digits)
+    assert image.shape == (batch, 28, 28)
+    assert float(image.detach().min()) >= 0.0 and float(image.detach().max()) <= 1.0
+    assert commands.positions.shape == (batch, points, 2)
+    assert commands.sizes.shape == commands.intensities.shape == (batch, points)
+    assert ((commands.sizes > 0) & (commands.sizes < 1)).all()
+    assert ((commands.intensities > 0) & (commands.intensities <= 1)).all()
+    assert commands.features.shape == (batch, 3 * points)  # (vx, vy, intensity) or (x, y, size)
+    if model == "static":
+        assert ((commands.positions > 0) & (commands.positions < 1)).all()
+        assert (commands.intensities == 1).all()
+    image.sum().backward()  # gradients reach the encoder's first layer
+    first = next(autoencoder.encoder.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_gesture_starts_at_the_start_point_and_moves_by_an_exclusive_cumsum():
+    torch.manual_seed(0)
+    decoder = GestureDecoder(in_features=5, points=6, step_size=3.0)
+    features = torch.randn(4, 5) * 10  # large logits: steps near the step-size bound
+    commands = decoder(features)
+    logits = decoder.head(features).view(4, 6, 4)
+    velocities = torch.tanh(logits[..., [1, 0]]) * 3.0 / 28  # (vx, vy) in image units
+    assert torch.equal(commands.positions[:, 0], torch.tensor(START).expand(4, 2))
+    expected = torch.tensor(START) + torch.cumsum(velocities, dim=1)[:, :-1]  # the last velocity is not used
+    torch.testing.assert_close(commands.positions[:, 1:], expected)
+    steps = commands.positions.diff(dim=1).abs()
+    assert (steps <= 3.0 / 28 + 1e-7).all()
+
+
+def test_marker_size_follows_the_article_variance_in_normalised_coordinates():
+    """The article draws amp * exp(-d^2 / VAR2) with d in image units (pixel j at j / 28)."""
+    positions = torch.tensor([[[0.31, 0.62], [0.7, 0.2]]])
+    sizes = torch.tensor([[0.9, 0.2]])
+    intensities = torch.tensor([[0.8, 1.0]])
+    commands = Commands(positions, sizes, intensities, features=torch.empty(1, 0))
+    grid = torch.arange(28) / 28
+    d2 = (grid[None, None, :] - positions[0, :, 0, None, None]) ** 2 + (grid[None, :, None] - positions[0, :, 1, None, None]) ** 2
+    var2 = sizes[0, :, None, None] * VARCOEF + VAR_FLOOR
+    article = (intensities[0, :, None, None] * torch.exp(-d2 / var2)).amax(dim=0)
+    torch.testing.assert_close(draw(commands, 28)[0], article, atol=1e-6, rtol=1e-5)
+
+
+def test_sweep_init_starts_every_image_with_one_line_across_the_canvas(digits):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        _, commands = build_model(ModelConfig(model="gesture", init="sweep"))(digits)
+    xs, ys = commands.positions[..., 0], commands.positions[..., 1]
+    assert torch.allclose(xs[:, -1], torch.full((len(digits),), SWEEP_END_X), atol=0.05)
+    assert torch.allclose(ys, torch.full_like(ys, START[1]), atol=0.05)  # within 1.4 px of the middle row
+    assert (xs.diff(dim=1) > 0).all()  # left to right
+
+
+def test_commands_redraw_at_any_resolution(digits):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig())
+    with torch.no_grad():
+        commands = model.commands(digits)
+    small, large = draw(commands, 28), draw(commands, 112)
+    assert large.shape == (len(digits), 112, 112)
+    # pixel (i, j) at 28 is pixel (4i, 4j) at 112: the same point of the image, the same value
+    torch.testing.assert_close(large[:, ::4, ::4], small, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("field,value", [("model", "spline"), ("encoder", "vit"), ("init", "zeros")])
+def test_unknown_choices_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"unknown {field}"):
+        build_model(ModelConfig(**{field: value}))
