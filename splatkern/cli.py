@@ -16,6 +16,7 @@ from splatkern.models.encoders import ENCODERS
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in fields(train.TrainConfig)} - {"model"}
 DEMO_EPOCHS = 25
+DEMO_OUT = "runs/demo"
 PICTURE_SAMPLES = 16
 
 
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="command")
 
     run_flags = argparse.ArgumentParser(add_help=False)
-    run_flags.add_argument("--out", dest="out_dir", help="the run's directory (checkpoint, metrics, pictures)")
+    run_flags.add_argument("--out", dest="out_dir", help="the run's directory: checkpoint, metrics, pictures "
+                           f"(default {train.TrainConfig.out_dir}; demo: {DEMO_OUT})")
     run_flags.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     run_flags.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -63,11 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=int, help="global batch size (default 16)")
     fit.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     fit.add_argument("--seed", type=int, help="default 0")
-    fit.add_argument("--resume", action="store_true", help="continue the run in --out; other flags override its settings")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the run in --out; other flags override its settings")
     fit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     fit.set_defaults(run=_train)
 
-    judge = commands.add_parser("eval", parents=[run_flags, data_flags], help="metrics and the clustering table of a run")
+    judge = commands.add_parser("eval", parents=[run_flags, data_flags],
+                                help="metrics and the clustering table of a run")
     _add_eval_flags(judge)
     judge.set_defaults(run=_eval)
 
@@ -79,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     demo.add_argument("--seed", type=int, default=0)
     _add_eval_flags(demo)
-    demo.set_defaults(run=_demo, out_dir="runs/demo")
+    demo.set_defaults(run=_demo, out_dir=DEMO_OUT)
     return parser
 
 
@@ -137,7 +141,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     run_dir, model, config, animation = _load_run(args)
     test_set = _dataset(args, config, "test", PICTURE_SAMPLES)
-    for path in pictures.write_all(model, test_set.images, animation, run_dir, connected=config.model.model == "gesture"):
+    connected = config.model.model == "gesture"  # the gesture model's markers form one stroke
+    for path in pictures.write_all(model, test_set.images, animation, run_dir, connected=connected):
         print(f"wrote {path}")
     return 0
 

@@ -34,7 +34,8 @@ class DatasetNotFound(FileNotFoundError):
 
 def load(name: str, split: str, data_dir: str | os.PathLike = DEFAULT_DATA_DIR, *, download: bool = True,
          limit: int | None = None) -> ImageSet:
-    """The ``split`` ("train" or "test") of dataset ``name`` (one of ``DATASETS``); the first ``limit`` images if given."""
+    """The ``split`` ("train" or "test") of dataset ``name`` (one of ``DATASETS``); only the first ``limit``
+    images when ``limit`` is given."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if split not in ("train", "test"):

@@ -47,8 +47,8 @@ def kmeans_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 10, seed:
         raise ValueError(f"unknown feature scaling {scaling!r}; choose one of {SCALINGS}")
     with _one_blas_thread():
         if scaling != "none":
-            scaler = StandardScaler() if scaling == "standard" else PCA(n_components=0.99, whiten=True, random_state=seed)
-            features = scaler.fit_transform(features)
+            whiten = PCA(n_components=0.99, whiten=True, random_state=seed)
+            features = (StandardScaler() if scaling == "standard" else whiten).fit_transform(features)
         clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)
     errors = cluster_errors(labels, clusters)
     return {"errors": errors, "accuracy": 1.0 - errors / len(labels)}
@@ -79,8 +79,8 @@ def command_features(model: Autoencoder, images: torch.Tensor, batch_size: int =
     """The model's command features ``[N, F]`` (velocities + intensities for the gesture model,
     positions + sizes for the static one)."""
     device = next(model.parameters()).device
-    parts = [model.commands(images[i : i + batch_size].to(device)).features.cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(parts).double().numpy()
+    batches = (images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size))
+    return torch.cat([model.commands(batch).features.cpu() for batch in batches]).double().numpy()
 
 
 def evaluate(model: Autoencoder, train_set: ImageSet, test_set: ImageSet, *, k: int = 10, seed: int = 0,
@@ -116,7 +116,8 @@ def markdown(report: dict) -> str:
         f"MSE {rec['mse']:.4f} (all-black: {rec['black_mse']:.4f}), PSNR {rec['psnr']:.2f} dB",
         "",
         f"k-means with k = {settings['k']} (seed {settings['seed']}) on {settings['test_images']} test images; "
-        f"linear probe fitted on {settings['probe_train_images']} training images; k-means feature scaling: {settings['scaling']}",
+        f"linear probe fitted on {settings['probe_train_images']} training images; "
+        f"k-means feature scaling: {settings['scaling']}",
         "",
         "| features | dims | k-means accuracy | k-means errors | linear probe accuracy |",
         "|---|---:|---:|---:|---:|",

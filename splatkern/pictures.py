@@ -81,10 +81,12 @@ def stroke_tracks(images: torch.Tensor, commands: Commands, path: str | os.PathL
         axis.set_axis_off()
         if n >= count:
             continue
-        axis.imshow(images[n].cpu().numpy(), cmap="gray_r", vmin=0, vmax=2, extent=(-0.5, resolution - 0.5, resolution - 0.5, -0.5))
+        edges = (-0.5, resolution - 0.5, resolution - 0.5, -0.5)  # pixel centres at integers, as splat_render
+        axis.imshow(images[n].cpu().numpy(), cmap="gray_r", vmin=0, vmax=2, extent=edges)
         if connected:
             segments = np.stack((positions[n, :-1], positions[n, 1:]), axis=1)
-            axis.add_collection(LineCollection(segments, linewidths=widths[n, :-1], colors=colours[n, :-1], capstyle="round"))
+            axis.add_collection(
+                LineCollection(segments, linewidths=widths[n, :-1], colors=colours[n, :-1], capstyle="round"))
         axis.scatter(positions[n, :, 0], positions[n, :, 1], s=(widths[n] ** 2), c=colours[n], edgecolors="none")
         axis.set_xlim(-0.5, resolution - 0.5)
         axis.set_ylim(resolution - 0.5, -0.5)

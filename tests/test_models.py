@@ -57,7 +57,9 @@ def test_marker_size_follows_the_article_variance_in_normalised_coordinates():
     intensities = torch.tensor([[0.8, 1.0]])
     commands = Commands(positions, sizes, intensities, features=torch.empty(1, 0))
     grid = torch.arange(28) / 28
-    d2 = (grid[None, None, :] - positions[0, :, 0, None, None]) ** 2 + (grid[None, :, None] - positions[0, :, 1, None, None]) ** 2
+    dx = grid[None, None, :] - positions[0, :, 0, None, None]
+    dy = grid[None, :, None] - positions[0, :, 1, None, None]
+    d2 = dx**2 + dy**2
     var2 = sizes[0, :, None, None] * VARCOEF + VAR_FLOOR
     article = (intensities[0, :, None, None] * torch.exp(-d2 / var2)).amax(dim=0)
     torch.testing.assert_close(draw(commands, 28)[0], article, atol=1e-6, rtol=1e-5)

@@ -48,7 +48,8 @@ def test_the_sweep_init_trains_on_every_seed(tmp_path, mnist_root, model):
                          animation_samples=0, **_mnist(mnist_root, 16 * 300))
         last = train.train(config, progress=False).history[-1]
         if black_mse is None:
-            black_mse = float((train.data.load("mnist", "test", mnist_root, download=False, limit=500).images ** 2).mean())
+            test_images = train.data.load("mnist", "test", mnist_root, download=False, limit=500).images
+            black_mse = float((test_images**2).mean())
         # collapsed runs end at the black image's loss (about 0.11 on MNIST)
         assert last["test_mse"] < 0.7 * black_mse, f"seed {seed} collapsed: {last}"
 
