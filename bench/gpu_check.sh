@@ -6,15 +6,16 @@
 #
 #   bash bench/gpu_check.sh
 #
-# Results (log, nvidia-smi, benchmark JSON/Markdown/plots) go to ${OUT:-bench/results}/<device>/,
-# at most 8 files (what the device tool brings back). GPU_CHECK_BUDGET_S (default 480) bounds the
-# whole run; PYTHON (default python3) picks the interpreter.
+# Results (the log, with nvidia-smi in it, and the benchmark's JSON/Markdown/plots, written as it
+# goes so that a run cut short keeps what it measured) go to ${OUT:-bench/results}/<device>/:
+# 7 files (the device tool brings back 8). GPU_CHECK_BUDGET_S (default 480) bounds the whole run;
+# PYTHON (default python3) picks the interpreter. Tests run in parallel processes (pytest-xdist)
+# and under a per-test time limit (pytest-timeout) where those plugins are installed.
 set -u
 cd "$(dirname "$0")/.."
 
 BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
 PYTHON=${PYTHON:-python3}
-MAX_FILES=8
 SCRATCH=$(mktemp -d)
 export PYTHON PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export SPLATKERN_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
@@ -52,19 +53,13 @@ run_step() {
 
 backends() { "$PYTHON" -c "import splatkern; print(' '.join(splatkern.available_backends('cuda')))" 2>>"$LOG"; }
 
-
-collect_results() {
-  # Benchmark files, flattened: JSON and Markdown first, then plots, up to MAX_FILES in OUT_DIR.
-  local f
-  while IFS= read -r f; do
-    (($(find "$OUT_DIR" -maxdepth 1 -type f | wc -l) >= MAX_FILES)) && { say "not copied (file limit): $f"; continue; }
-    cp "$f" "$OUT_DIR/"
-  done < <(find "$SCRATCH/bench" -type f \( -name '*.json' -o -name '*.md' \) 2>/dev/null | sort
-    find "$SCRATCH/bench" -type f -name '*.png' 2>/dev/null | sort)
-}
+has_module() { "$PYTHON" -c "import $1" 2>/dev/null; }
+PYTEST_ARGS=(-q -rs -p no:cacheprovider)
+has_module xdist && PYTEST_ARGS+=(-n 6)
+has_module pytest_timeout && PYTEST_ARGS+=(--timeout 180)
 
 say "device: ${device:-none found}; results in $OUT_DIR; budget ${BUDGET_S}s"
-run_step info 60 bash -c "nvidia-smi | tee '$OUT_DIR/nvidia-smi.txt'; command -v nvcc && nvcc --version | tail -n 2;
+run_step info 60 bash -c "nvidia-smi; command -v nvcc && nvcc --version | tail -n 2;
   '$PYTHON' -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name())';
   '$PYTHON' -c 'import triton; print(\"triton\", triton.__version__)'"
 # Keep about two minutes each for the tests and the benchmarks.
@@ -74,13 +69,12 @@ run_step build $(($(left) - 240 < 300 ? $(left) - 240 : 300)) bash -c \
   '"$PYTHON" -m pip install --no-build-isolation --no-deps -e . && ls splatkern/_C*.so ||
    "$PYTHON" setup.py build_ext --inplace'
 say "backends on cuda: $(backends)"
-run_step gpu-tests $(($(left) - 120 < 240 ? $(left) - 120 : 240)) \
-  "$PYTHON" -m pytest tests -m gpu -x -q -rs -p no:cacheprovider
-run_step bench $(($(left) - 15 < 240 ? $(left) - 15 : 240)) \
-  "$PYTHON" bench/run.py --preset gpu --out "$SCRATCH/bench"
-collect_results
+run_step gpu-tests $(($(left) - 150 < 240 ? $(left) - 150 : 240)) \
+  "$PYTHON" -m pytest tests -m gpu "${PYTEST_ARGS[@]}"
+run_step bench $(($(left) - 15 < 300 ? $(left) - 15 : 300)) \
+  "$PYTHON" bench/run.py --preset gpu --out "$OUT_DIR"
 run_step cpu-tests $(($(left) - 10)) \
-  "$PYTHON" -m pytest tests -m "not gpu and not slow" -x -q -p no:cacheprovider
+  "$PYTHON" -m pytest tests -m "not gpu and not slow" "${PYTEST_ARGS[@]}"
 
 say "summary (device: ${device:-none}):"
 printf '  %s\n' "${SUMMARY[@]}" | tee -a "$LOG"

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -103,22 +104,28 @@ class _World:
     @classmethod
     def join(cls, device: str) -> _World:
         resolved = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        if size == 1:
+        if "RANK" not in os.environ:  # not started by torchrun
             return cls(0, 1, resolved)
         if resolved.type == "cuda":
             resolved = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(resolved)
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), size, resolved)
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        print(f"rank {dist.get_rank()} of {dist.get_world_size()} joined a {backend} process group on {resolved}",
+              file=sys.stderr)
+        return cls(dist.get_rank(), dist.get_world_size(), resolved)
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_initialized()
 
     def leave(self) -> None:
-        if self.size > 1:
+        if self.distributed:
             dist.destroy_process_group()
 
     def total(self, *values: float) -> list[float]:
         """Each value summed over all processes."""
-        if self.size == 1:
+        if not self.distributed:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
@@ -176,7 +183,7 @@ def _run(config: TrainConfig, world: _World, resume: bool, progress: bool) -> Tr
     frame_steps = _log_spaced(config.epochs * batches)
     samples = test_images[: config.animation_samples].to(world.device)
     records = world.is_main and len(samples) > 0
-    net = DistributedDataParallel(model) if world.size > 1 else model
+    net = DistributedDataParallel(model) if world.distributed else model
 
     with _deferred_interrupt() as interrupt:
         for epoch in range(position.epoch, config.epochs):
