@@ -11,7 +11,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -57,6 +56,8 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
 #define SPLATKERN_ISA_CLONES
 #endif
 
+// __builtin_bit_cast, not C++20's std::bit_cast: torch < 2.13 builds extensions as C++17.
+//
 // exp(-x) for x in [0, kFlushExponent<float>]: Cephes' expf polynomial (about 1 ulp), inlined and
 // branch-free so the factor loops vectorise; libm's expf, a call per element, made the (W + H)
 // exps per marker cost more than the W * H pixel updates. Out-of-range x gives garbage that the
@@ -64,7 +65,7 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
 inline __attribute__((always_inline)) float exp_neg(float x) {
   const float shifted = -x * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
   const float n = shifted - 12582912.0f;
-  const int32_t n_bits = std::bit_cast<int32_t>(shifted) - 0x4B400000;
+  const int32_t n_bits = __builtin_bit_cast(int32_t, shifted) - 0x4B400000;
   const float r = -x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -73,7 +74,7 @@ inline __attribute__((always_inline)) float exp_neg(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((n_bits + 127) << 23);  // times 2^n
+  return p * __builtin_bit_cast(float, (n_bits + 127) << 23);  // times 2^n
 }
 
 inline double exp_neg(double x) { return std::exp(-x); }
@@ -82,7 +83,7 @@ inline double exp_neg(double x) { return std::exp(-x); }
 template <typename scalar_t>
 inline __attribute__((always_inline)) scalar_t keep_or_zero(bool keep, scalar_t value) {
   using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
-  return std::bit_cast<scalar_t>(std::bit_cast<bits_t>(value) & -static_cast<bits_t>(keep));
+  return __builtin_bit_cast(scalar_t, __builtin_bit_cast(bits_t, value) & -static_cast<bits_t>(keep));
 }
 
 // out[k] = scale * exp(-((offset + k) / sigma)^2 / 2), flushed: one axis of a marker's Gaussian.

@@ -12,7 +12,7 @@ from bench.harness import cpu_memory_method, peak_memory_bytes, time_calls
 MIB = 1 << 20
 CPU = torch.device("cpu")
 # Linux batches resident-set counter updates per CPU, so VmHWM is off by up to a few hundred KiB.
-RSS_SLACK = 1 * MIB
+RSS_SLACK = 2 * MIB  # 1 MiB was 12 KiB short once on the GPU machine (Python 3.12)
 
 needs_rss = pytest.mark.skipif(cpu_memory_method() is not None, reason=f"CPU peak memory: {cpu_memory_method()}")
 

@@ -43,10 +43,10 @@ def test_a_cuda_checkpoint_loads_on_the_cpu_and_draws_the_same_glyphs(tmp_path):
     require("cuda", "reference")
     trained = _train(tmp_path, "run", "auto")
     model, _config, _position = train.load_trained(trained.checkpoint, device="cpu")
-    images = torch.rand(4, 1, 28, 28)
+    images = torch.rand(4, 28, 28)
     with torch.no_grad():
-        on_gpu = trained.model.eval()(images.cuda()).cpu()
-        on_cpu = model.eval()(images)
+        on_gpu = trained.model.eval()(images.cuda())[0].cpu()  # (reconstruction, commands)
+        on_cpu = model.eval()(images)[0]
     torch.testing.assert_close(on_cpu, on_gpu, atol=1e-4, rtol=1e-4)
 
 
