@@ -32,8 +32,9 @@ constexpr unsigned kFullWarp = 0xffffffffu;
 // Grids are one-dimensional (blockIdx.x = image * tiles_per_image + tile) so the batch is not
 // limited by gridDim.y/z (65535).
 int64_t checked_grid(int64_t blocks, const char* what) {
-  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(), "splat_render: ", what,
-                    " needs more CUDA blocks (", blocks, ") than one launch allows; split the batch");
+  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
+                    message("splat_render: ", what, " needs more CUDA blocks (", blocks,
+                            ") than one launch allows; split the batch"));
   return blocks;
 }
 
@@ -72,12 +73,25 @@ struct alignas(sizeof(scalar_t) * kRowsPerThread) RowFactors {
   scalar_t of[kRowsPerThread];
 };
 
+// ORs into *flaws the MarkerFlaw bits of one marker's values (splat.h).
+template <typename scalar_t>
+__device__ __forceinline__ void report_flaws(scalar_t mx, scalar_t my, scalar_t sigma, scalar_t amp,
+                                             int32_t* flaws) {
+  const int32_t found = (isfinite(mx) && isfinite(my) ? 0 : kMeansNonfinite) |
+                        (isfinite(sigma) ? 0 : kSigmasNonfinite) | (sigma > scalar_t(0) ? 0 : kSigmasNonpositive) |
+                        (isfinite(amp) ? 0 : kAmpsNonfinite);
+  if (found) atomicOr(flaws, found);
+}
+
 // blockDim = (kTileWidth, kWarpsPerTile): lane = column in the tile, warp w owns rows 4w .. 4w + 3.
+// The first tile of each image also checks its markers' values into *flaws: every marker is read
+// here anyway, so the checks cost no extra pass over the inputs and no extra launch.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kForwardThreads)
     forward_kernel(const scalar_t* __restrict__ means, const scalar_t* __restrict__ sigmas,
                    const scalar_t* __restrict__ amps, int n_markers, int height, int width, int tiles_x,
-                   int tiles_per_image, scalar_t* __restrict__ image, int32_t* __restrict__ index) {
+                   int tiles_per_image, scalar_t* __restrict__ image, int32_t* __restrict__ index,
+                   int32_t* __restrict__ flaws) {
   __shared__ Marker<scalar_t> markers[kMarkerBlock];
   __shared__ scalar_t col_factors[kMarkerBlock][kTileWidth];
   __shared__ RowFactors<scalar_t> row_factors[kMarkerBlock][kWarpsPerTile];
@@ -94,7 +108,7 @@ __global__ void __launch_bounds__(kForwardThreads)
   int32_t winner[kRowsPerThread];
 #pragma unroll
   for (int r = 0; r < kRowsPerThread; ++r) {
-    // Every value is finite, so marker 0 always replaces this.
+    // With finite values marker 0 always replaces this (other values raise after the kernel).
     best[r] = -std::numeric_limits<scalar_t>::infinity();
     winner[r] = 0;
   }
@@ -106,7 +120,9 @@ __global__ void __launch_bounds__(kForwardThreads)
     const int count = min(kMarkerBlock, n_markers - m0);
     if (thread < count) {
       const int n = m0 + thread;
-      markers[thread] = {means[2 * n], means[2 * n + 1], scalar_t(0.5) / (sigmas[n] * sigmas[n]), amps[n]};
+      const scalar_t mx = means[2 * n], my = means[2 * n + 1], sigma = sigmas[n], amp = amps[n];
+      if (tile == 0) report_flaws(mx, my, sigma, amp, flaws);
+      markers[thread] = {mx, my, scalar_t(0.5) / (sigma * sigma), amp};
     }
     __syncthreads();
     // Warp w fills the factors of markers w, w + 8, ...; its lanes span the tile's 32 columns and 32 rows.
@@ -150,7 +166,7 @@ __global__ void __launch_bounds__(kForwardThreads)
 std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
                                                       const at::Tensor& amps, int64_t height, int64_t width,
                                                       bool /*deterministic: the forward always is*/) {
-  check_forward_inputs(means, sigmas, amps, height, width);
+  check_forward_layout(means, sigmas, amps, height, width);
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   TORCH_CHECK_VALUE(n_markers <= std::numeric_limits<int32_t>::max() && height <= std::numeric_limits<int32_t>::max() &&
@@ -168,13 +184,15 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
   const int64_t tiles_per_image = tiles_x * ((height + kTileHeight - 1) / kTileHeight);
   const int64_t blocks = checked_grid(batch * tiles_per_image, "the forward");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor flaws = at::zeros({1}, means.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_forward_cuda", [&] {
     forward_kernel<scalar_t><<<blocks, dim3(kTileWidth, kWarpsPerTile), 0, stream>>>(
         means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(),
         int(n_markers), int(height), int(width), int(tiles_x), int(tiles_per_image),
-        image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>());
+        image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>(), flaws.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
   return {image, index};
 }
 
@@ -409,7 +427,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
                                                                    const at::Tensor& means,
                                                                    const at::Tensor& sigmas, const at::Tensor& amps,
                                                                    const at::Tensor& index, bool deterministic) {
-  check_backward_inputs(grad_image, means, sigmas, amps, index);
+  check_backward_layout(grad_image, means, sigmas, amps, index);
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2), pixels = height * width;
@@ -458,8 +476,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
     }
   });
   // One host sync, as the input checks already need: a bad winner map fails loudly, as on CPU.
-  TORCH_CHECK_VALUE(bad_index.item<int32_t>() == 0, "splat_backward: index holds values outside [0, ", n_markers,
-                    ")");
+  raise_bad_index(bad_index.item<int32_t>() != 0, n_markers);  // the call's one host sync
   return {grad_means, grad_sigmas, grad_amps};
 }
 

@@ -15,6 +15,7 @@ import os
 import torch
 
 from splatkern import _extension
+from splatkern.checks import check_values
 from splatkern.reference import splat_render_reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
@@ -48,18 +49,6 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     order = AUTO_ORDER.get(device_type, ("reference",))
     # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
     return [name for name in dict.fromkeys((*order, "triton")) if usable[name]]
-
-
-def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor) -> None:
-    """The value checks of the Python backends; the C++ ones run the same in csrc/splat.cpp."""
-    if not torch.isfinite(means).all():
-        raise ValueError("splat_render: means must be finite (found NaN or inf)")
-    if not torch.isfinite(sigmas).all():
-        raise ValueError("splat_render: sigmas must be finite (found NaN or inf)")
-    if not (sigmas > 0).all():
-        raise ValueError("splat_render: sigmas must be > 0 (found a value <= 0)")
-    if not torch.isfinite(amps).all():
-        raise ValueError("splat_render: amps must be finite (found NaN or inf)")
 
 
 # --- torch.library registrations: one forward/backward op pair per fused backend ------------------
@@ -108,7 +97,6 @@ def _triton_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only when used
 
-    check_values(means, sigmas, amps)
     return triton_kernels.forward(means, sigmas, amps, height, width)
 
 

@@ -44,6 +44,11 @@ per thread ptxas gives them for sm_80 or sm_90, float32 / float64, with no spill
     sum partials  BLOCK_N = min(p2(N), 256), num_warps = 4    coalesced rows of the partials buffer
     ============  ==========================================  ========================================
 
+Value checks ride along: the first tile of each image ORs its markers' flaw bits (non-finite means,
+sigmas or amps, sigmas <= 0; csrc/splat.h ``MarkerFlaw``) into a one-word buffer, and the backward
+flags winner-map values outside [0, N) (and skips them); the launchers read the word back, one host
+sync per call, and raise (splatkern/checks.py).
+
 Offsets that span the batch (``b * H * W``, ``b * N``, the partials buffer) are int64; offsets
 within one image are int32, so an image may have at most 2^31 - 1 pixels (checked).
 """
@@ -57,6 +62,8 @@ import torch
 import triton
 import triton.language as tl
 
+from splatkern.checks import raise_bad_index, raise_marker_flaws
+
 # Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
 _PARTIALS = tl.constexpr(4)
 
@@ -64,6 +71,22 @@ _PARTIALS = tl.constexpr(4)
 def _flush_exponent(dtype: torch.dtype) -> float:
     """The per-axis exponent above which a factor is flushed to zero (csrc/splat_cpu.cpp kFlushExponent)."""
     return -0.5 * math.log(torch.finfo(dtype).tiny)
+
+
+@triton.jit
+def _finite(x):
+    return tl.abs(x) < float("inf")  # False for NaN and +-inf
+
+
+@triton.jit
+def _report_flaws(mx, my, sigma, amp, live, flaws_ptr):
+    """ORs into *flaws_ptr the MarkerFlaw bits (csrc/splat.h) of a block of markers' values."""
+    means_bad = tl.max((live & ~(_finite(mx) & _finite(my))).to(tl.int32))
+    sigmas_nonfinite = tl.max((live & ~_finite(sigma)).to(tl.int32))
+    sigmas_nonpositive = tl.max((live & ~(sigma > 0)).to(tl.int32))
+    amps_bad = tl.max((live & ~_finite(amp)).to(tl.int32))
+    found = means_bad | (sigmas_nonfinite << 1) | (sigmas_nonpositive << 2) | (amps_bad << 3)
+    tl.atomic_or(flaws_ptr, found, mask=found != 0)
 
 
 @triton.jit
@@ -79,6 +102,7 @@ def _forward_kernel(
     amps_ptr,
     image_ptr,
     index_ptr,
+    flaws_ptr,
     n_markers,
     height,
     width,
@@ -122,6 +146,8 @@ def _forward_kernel(
         my = tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0)
         sigma = tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0)
         amp = tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0)
+        if tile == 0:  # every tile reads every marker of its image: one per image checks them
+            _report_flaws(mx, my, sigma, amp, live, flaws_ptr)
         inv_2s2 = 0.5 / (sigma * sigma)
         # Markers past N get -inf (row factor 1, not 0, so the product is not NaN): they never win.
         col_factors = tl.where(live, amp * _axis_factor(x - mx, inv_2s2, flush), float("-inf"))
@@ -151,6 +177,7 @@ def _backward_kernel(
     grad_sigmas_ptr,
     grad_amps_ptr,
     partials_ptr,
+    bad_index_ptr,
     n_markers,
     height,
     width,
@@ -171,6 +198,13 @@ def _backward_kernel(
 
     g = tl.load(grad_image_ptr + pixel_base + pixel, mask=inside, other=0.0)
     n = tl.load(index_ptr + pixel_base + pixel, mask=inside, other=-1)
+    # Markers are gathered by the winner map: a value outside [0, N) is flagged (the launcher
+    # raises) and skipped rather than read out of bounds.
+    bad = inside & ((n < 0) | (n >= n_markers))
+    any_bad = tl.max(bad.to(tl.int32))
+    tl.atomic_or(bad_index_ptr, any_bad, mask=any_bad != 0)
+    inside = inside & ~bad
+    n = tl.where(inside, n, -1)
     mx = tl.load(means_ptr + 2 * (marker_base + n), mask=inside, other=0.0)
     my = tl.load(means_ptr + 2 * (marker_base + n) + 1, mask=inside, other=0.0)
     sigma = tl.load(sigmas_ptr + marker_base + n, mask=inside, other=1.0)
@@ -294,7 +328,8 @@ def _check_kernel_inputs(means: torch.Tensor, height: int, width: int) -> None:
 def forward(
     means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...]."""
+    """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...];
+    ValueError if a marker's values are not finite or a sigma is <= 0."""
     _check_kernel_inputs(means, height, width)
     batch, n_markers = sigmas.shape
     if n_markers == 0:
@@ -311,24 +346,15 @@ def forward(
     tile_cols = config["COL_REPEATS"] * config["COL_SPAN"]
     tiles_across = triton.cdiv(width, tile_cols)
     tiles_per_image = triton.cdiv(height, tile_rows) * tiles_across
+    flaws = torch.zeros(1, dtype=torch.int32, device=means.device)
     with _on_device(means):
         _forward_kernel[(batch * tiles_per_image,)](
-            means.contiguous(), sigmas.contiguous(), amps.contiguous(), image, index,
+            means.contiguous(), sigmas.contiguous(), amps.contiguous(), image, index, flaws,
             n_markers, height, width, tiles_across, tiles_per_image,
             FLUSH=_flush_exponent(means.dtype), **config,
         )  # fmt: skip
+    raise_marker_flaws(int(flaws.item()))  # the call's one host sync
     return image, index
-
-
-def _check_index(index: torch.Tensor, n_markers: int) -> None:
-    """The backward gathers markers by index: an index outside [0, N) would read out of bounds.
-    Costs one host sync, like the forward's value checks."""
-    if index.dtype != torch.int32:
-        raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
-    low, high = (int(v) for v in torch.aminmax(index))
-    bad = low if low < 0 else high
-    if low < 0 or high >= n_markers:
-        raise ValueError(f"splat_backward: index holds {bad}, outside [0, {n_markers})")
 
 
 def backward(
@@ -352,7 +378,9 @@ def backward(
     grad_amps = torch.zeros_like(amps)
     if n_markers == 0 or batch == 0:
         return grad_means, grad_sigmas, grad_amps
-    _check_index(index, n_markers)
+    if index.dtype != torch.int32:
+        raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
+    bad_index = torch.zeros(1, dtype=torch.int32, device=means.device)
 
     config = _backward_config(height, width, n_markers, means.dtype)
     tiles_per_image = triton.cdiv(height * width, config["BLOCK_PIX"])
@@ -360,7 +388,7 @@ def backward(
     with _on_device(means):
         _backward_kernel[(batch * tiles_per_image,)](
             grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(), index.contiguous(),
-            grad_means, grad_sigmas, grad_amps, partials,
+            grad_means, grad_sigmas, grad_amps, partials, bad_index,
             n_markers, height, width, tiles_per_image,
             FLUSH=_flush_exponent(means.dtype), DETERMINISTIC=deterministic, **config,
         )  # fmt: skip
@@ -370,4 +398,5 @@ def backward(
             _sum_partials_kernel[(batch * blocks_per_image,)](
                 partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
             )
+    raise_bad_index(bool(bad_index.item()), n_markers)  # the call's one host sync
     return grad_means, grad_sigmas, grad_amps

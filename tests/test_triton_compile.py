@@ -56,7 +56,7 @@ def compile_all() -> list[dict]:
         scalar = {torch.float32: "fp32", torch.float64: "fp64"}[dtype]
         signature = {
             name: "constexpr" if name in constants
-            else "*i32" if name == "index_ptr"
+            else "*i32" if name in ("index_ptr", "flaws_ptr", "bad_index_ptr")
             else f"*{scalar}" if name.endswith("_ptr")
             else "i32"
             for name in kernel.arg_names
