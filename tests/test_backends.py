@@ -337,6 +337,24 @@ def test_bad_values_raise_value_error(device, backend, flaw):
         splat_render(**markers, height=9, width=41, backend=backend)
 
 
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+def test_value_checks_see_every_image_and_marker_block(device, backend):
+    """The GPU kernels check values in one tile per image while staging marker blocks: a flaw in the
+    last image's last marker (past CUDA's block of 64 and Triton's of 4) is found; of several flaws the
+    first in the contract's order (means, sigmas finite, sigmas > 0, amps) is reported."""
+    require(device, backend)
+    markers = dict(zip(("means", "sigmas", "amps"), make_markers((3,), 70, 40, 36, device=device, seed=4)))
+    markers["amps"][2, 69] = math.nan
+    with pytest.raises(ValueError, match="amps must be finite"):
+        splat_render(**markers, height=40, width=36, backend=backend)
+    markers["sigmas"][1, 65] = -2.0
+    with pytest.raises(ValueError, match="sigmas must be > 0"):
+        splat_render(**markers, height=40, width=36, backend=backend)
+    markers["means"][2, 66, 1] = math.inf
+    with pytest.raises(ValueError, match="means must be finite"):
+        splat_render(**markers, height=40, width=36, backend=backend)
+
+
 @pytest.mark.parametrize("device, backend", FUSED_CASES)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 def test_axis_factors_flush_at_the_contract_exponent(device, backend, dtype):
