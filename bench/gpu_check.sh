@@ -7,7 +7,8 @@
 #   bash bench/gpu_check.sh
 #
 # Results (the log, with nvidia-smi in it, and the benchmark's JSON/Markdown/plots, written as it
-# goes so that a run cut short keeps what it measured) go to ${OUT:-bench/results}/<device>/:
+# goes so that a run cut short keeps what it measured) go to ${OUT:-bench/results}/<device>/gpu/,
+# where bench/run.py puts its gpu preset:
 # 7 files (the device tool brings back 8). GPU_CHECK_BUDGET_S (default 480) bounds the whole run;
 # PYTHON (default python3) picks the interpreter. Tests run in parallel processes (pytest-xdist)
 # and under a per-test time limit (pytest-timeout) where those plugins are installed.
@@ -23,7 +24,7 @@ export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/tr
 
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 device_dir=$(printf '%s' "${device:-unknown-gpu}" | tr -cs 'A-Za-z0-9._-' '-' | sed 's/^-*//; s/-*$//')
-OUT_DIR="${OUT:-bench/results}/$device_dir"
+OUT_DIR="${OUT:-bench/results}/$device_dir/gpu"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 : >"$LOG"
