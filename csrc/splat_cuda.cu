@@ -29,6 +29,14 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullWarp = 0xffffffffu;
 
+// The value checks' flag word is read back (one host sync) and raised on, except while the stream
+// is being captured into a CUDA graph, where a sync is illegal: captured calls skip the check.
+bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // Grids are one-dimensional (blockIdx.x = image * tiles_per_image + tile) so the batch is not
 // limited by gridDim.y/z (65535).
 int64_t checked_grid(int64_t blocks, const char* what) {
@@ -192,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
         image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>(), flaws.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
+  if (!stream_is_capturing(stream)) raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
   return {image, index};
 }
 
@@ -476,7 +484,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
     }
   });
   // One host sync, as the input checks already need: a bad winner map fails loudly, as on CPU.
-  raise_bad_index(bad_index.item<int32_t>() != 0, n_markers);  // the call's one host sync
+  if (!stream_is_capturing(stream)) raise_bad_index(bad_index.item<int32_t>() != 0, n_markers);  // one host sync
   return {grad_means, grad_sigmas, grad_amps};
 }
 

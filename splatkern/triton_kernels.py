@@ -47,7 +47,8 @@ per thread ptxas gives them for sm_80 or sm_90, float32 / float64, with no spill
 Value checks ride along: the first tile of each image ORs its markers' flaw bits (non-finite means,
 sigmas or amps, sigmas <= 0; csrc/splat.h ``MarkerFlaw``) into a one-word buffer, and the backward
 flags winner-map values outside [0, N) (and skips them); the launchers read the word back, one host
-sync per call, and raise (splatkern/checks.py).
+sync per call, and raise (splatkern/checks.py) - except while a CUDA graph is being captured, where a
+sync is illegal and the check is skipped.
 
 Offsets that span the batch (``b * H * W``, ``b * N``, the partials buffer) are int64; offsets
 within one image are int32, so an image may have at most 2^31 - 1 pixels (checked).
@@ -318,6 +319,12 @@ def _on_device(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
+def _capturing(tensor: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being captured on the current stream: then no host sync is allowed,
+    and the value checks are skipped."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _check_kernel_inputs(means: torch.Tensor, height: int, width: int) -> None:
     if means.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"splat_render: the Triton kernels take float32 or float64 means, got {means.dtype}")
@@ -353,7 +360,8 @@ def forward(
             n_markers, height, width, tiles_across, tiles_per_image,
             FLUSH=_flush_exponent(means.dtype), **config,
         )  # fmt: skip
-    raise_marker_flaws(int(flaws.item()))  # the call's one host sync
+    if not _capturing(means):
+        raise_marker_flaws(int(flaws.item()))  # the call's one host sync
     return image, index
 
 
@@ -398,5 +406,6 @@ def backward(
             _sum_partials_kernel[(batch * blocks_per_image,)](
                 partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
             )
-    raise_bad_index(bool(bad_index.item()), n_markers)  # the call's one host sync
+    if not _capturing(means):
+        raise_bad_index(bool(bad_index.item()), n_markers)  # the call's one host sync
     return grad_means, grad_sigmas, grad_amps
