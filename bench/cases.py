@@ -13,6 +13,7 @@ import splatkern
 from splatkern.reference import splat_render_reference
 
 COMPILED = "compile(reference)"  # torch.compile of splatkern.reference.splat_render_reference
+GRAPHED = "+graph"  # suffix: the fused GPU backend's calls captured once in a CUDA graph, then replayed
 MODES = ("forward", "forward+backward")
 # The reference materialises [B, N, H, W] several times: measured here, its forward+backward peaks
 # at about 6x one such float32 tensor (B=256, N=64, 28x28: 301 MiB against 49 MiB). Sizes that would
@@ -49,7 +50,10 @@ def implementations(device: torch.device) -> tuple[list[str], dict[str, str]]:
         backends.remove("triton")
         excluded["triton"] = ("TRITON_INTERPRET=1: the interpreter runs the kernel in Python on the CPU, "
                               "so its time says nothing about the Triton kernel")
-    return [*backends, COMPILED], excluded
+    # At small sizes per-call host work, not the kernels, sets the time: replaying a CUDA graph shows
+    # what the kernels alone take.
+    graphed = [name + GRAPHED for name in backends if device.type == "cuda" and name in ("cuda", "triton")]
+    return [*backends, *graphed, COMPILED], excluded
 
 
 def reference_fits(point: Point, device: torch.device) -> str | None:
@@ -98,6 +102,8 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if implementation.endswith(GRAPHED):
+        return _captured(make_case(implementation.removesuffix(GRAPHED), mode, point, device))
     means, sigmas, amps = make_inputs(point, device)
     height, width = point.height, point.width
     if implementation == COMPILED:
@@ -122,3 +128,18 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
         render(*leaves).backward(upstream)
 
     return forward_backward
+
+
+def _captured(call: Callable[[], object]) -> Callable[[], object]:
+    """`call` captured in a CUDA graph (warmed up on a side stream first, as torch.cuda.graph asks):
+    the returned callable replays it on the same input tensors."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` impo
 import torch  # noqa: E402
 
 from bench import report, training  # noqa: E402
-from bench.cases import COMPILED, MODES, Point, implementations, make_case, reference_fits  # noqa: E402
+from bench.cases import COMPILED, GRAPHED, MODES, Point, implementations, make_case, reference_fits  # noqa: E402
 from bench.harness import cpu_memory_method, peak_memory_bytes, time_calls  # noqa: E402
 from bench.limits import describe_limit, limit_seconds  # noqa: E402
 from bench.presets import PRESETS  # noqa: E402
@@ -232,7 +232,7 @@ def run_training(args: argparse.Namespace, preset, names: list[str], device: tor
     if reason:
         print(f"training throughput skipped: {reason}")
         return {"skipped": reason}
-    backends = [name for name in names if name != COMPILED]
+    backends = [name for name in names if name != COMPILED and not name.endswith(GRAPHED)]
     timing = {"min_sample_s": preset.min_sample_s, "samples": preset.samples, "max_total_s": preset.max_case_s}
     try:
         return training.training_throughput(backends, preset.training_batches, preset.training_steps, device,
