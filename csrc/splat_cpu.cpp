@@ -86,15 +86,23 @@ inline __attribute__((always_inline)) scalar_t keep_or_zero(bool keep, scalar_t 
   return __builtin_bit_cast(scalar_t, __builtin_bit_cast(bits_t, value) & -static_cast<bits_t>(keep));
 }
 
-// out[k] = scale * exp(-((offset + k) / sigma)^2 / 2), flushed: one axis of a marker's Gaussian.
-// Dividing by sigma (not multiplying by 1/sigma^2) keeps the centre exact when sigma^2 underflows.
+// out[n * stride + k] = scale_n * exp(-((origin - centre_n + k) / sigma_n)^2 / 2), flushed: one axis
+// of every marker's Gaussian, centre_n = centres[2 n] (axis 0: x, 1: y), scale_n = scales[n] or 1.
+// One call for all markers: the factor loops are short (a tile's width or rows), so a call per
+// marker and axis cost as much again in dispatch. Dividing by sigma (not multiplying by
+// 1/sigma^2) keeps the centre exact when sigma^2 underflows.
 template <typename scalar_t>
-SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int32_t count, scalar_t offset, scalar_t sigma,
-                                       scalar_t scale) {
-  for (int32_t k = 0; k < count; ++k) {
-    const scalar_t z = (offset + scalar_t(k)) / sigma;
-    const scalar_t exponent = scalar_t(0.5) * z * z;
-    out[k] = keep_or_zero(exponent <= kFlushExponent<scalar_t>, scale * exp_neg(exponent));
+SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int64_t stride, int64_t n_markers,
+                                       const scalar_t* __restrict__ centres, scalar_t origin,
+                                       const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ scales) {
+  for (int64_t n = 0; n < n_markers; ++n) {
+    const scalar_t offset = origin - centres[2 * n], sigma = sigmas[n], scale = scales ? scales[n] : scalar_t(1);
+    scalar_t* __restrict__ row = out + n * stride;
+    for (int32_t k = 0; k < static_cast<int32_t>(stride); ++k) {
+      const scalar_t z = (offset + scalar_t(k)) / sigma;
+      const scalar_t exponent = scalar_t(0.5) * z * z;
+      row[k] = keep_or_zero(exponent <= kFlushExponent<scalar_t>, scale * exp_neg(exponent));
+    }
   }
 }
 
@@ -111,35 +119,62 @@ struct PixelVector {
   typedef int32_t Winners32 __attribute__((vector_size(kLanes * 4)));
 };
 
-// The hot loop: for a vector of pixels of one row, the running max and winner stay in registers
-// while every marker contributes one multiply, one compare and two selects. Column vectors outside,
-// rows inside, so a column block of the factor table stays in L1 across the tile's rows.
+// The hot loop: for a vector of pixels in kRowsAtOnce rows, the running max and winner stay in
+// registers while every marker contributes one multiply, one compare and two selects per row.
+// Column vectors outside, rows inside, so a column block of the factor table stays in L1 across
+// the tile's rows. Two rows at once: one row's compare-select chain (~4 cycles a marker) is twice
+// its issue cost, so a second independent chain fills the gap; more would spill on AVX2.
 // col_factors: [N, padded_width]; row_factors: [N, row_stride], of which `rows` are drawn.
+template <typename scalar_t, int kRowsAtOnce>
+inline __attribute__((always_inline)) void composite_rows(scalar_t* __restrict__ image, int32_t* __restrict__ index,
+                                                          int64_t width, int64_t c,
+                                                          const scalar_t* __restrict__ col_factors,
+                                                          int64_t padded_width,
+                                                          const scalar_t* __restrict__ row_factors,
+                                                          int64_t row_stride, int64_t r, int64_t n_markers) {
+  using V = PixelVector<scalar_t>;
+  using Values = typename V::Values;
+  using Winners = typename V::Winners;
+  Values cols;
+  std::memcpy(&cols, col_factors + c, sizeof cols);
+  Values best[kRowsAtOnce];
+  Winners winner[kRowsAtOnce];
+  for (int k = 0; k < kRowsAtOnce; ++k) {
+    best[k] = row_factors[r + k] * cols;
+    winner[k] = Winners{};
+  }
+  for (int64_t n = 1; n < n_markers; ++n) {
+    std::memcpy(&cols, col_factors + n * padded_width + c, sizeof cols);
+    for (int k = 0; k < kRowsAtOnce; ++k) {
+      const Values value = row_factors[n * row_stride + r + k] * cols;
+      const Winners takes = value > best[k];  // strict: the lowest index keeps ties
+      best[k] = takes ? value : best[k];
+      winner[k] = takes ? Winners{} + static_cast<typename V::bits_t>(n) : winner[k];
+    }
+  }
+  const int64_t count = std::min(V::kLanes, width - c);  // the last vector may hang past the row
+  for (int k = 0; k < kRowsAtOnce; ++k) {
+    const typename V::Winners32 winner32 = __builtin_convertvector(winner[k], typename V::Winners32);
+    std::memcpy(image + (r + k) * width + c, &best[k], count * sizeof(scalar_t));
+    std::memcpy(index + (r + k) * width + c, &winner32, count * sizeof(int32_t));
+  }
+}
+
 template <typename scalar_t>
 SPLATKERN_ISA_CLONES void composite_tile(scalar_t* __restrict__ image, int32_t* __restrict__ index, int64_t width,
                                          const scalar_t* __restrict__ col_factors, int64_t padded_width,
                                          const scalar_t* __restrict__ row_factors, int64_t row_stride,
                                          int64_t rows, int64_t n_markers) {
-  using V = PixelVector<scalar_t>;
-  using Values = typename V::Values;
-  using Winners = typename V::Winners;
-  for (int64_t c = 0; c < padded_width; c += V::kLanes) {
-    for (int64_t r = 0; r < rows; ++r) {
-      Values cols;
-      std::memcpy(&cols, col_factors + c, sizeof cols);
-      Values best = row_factors[r] * cols;
-      Winners winner = {};
-      for (int64_t n = 1; n < n_markers; ++n) {
-        std::memcpy(&cols, col_factors + n * padded_width + c, sizeof cols);
-        const Values value = row_factors[n * row_stride + r] * cols;
-        const Winners takes = value > best;  // strict: the lowest index keeps ties
-        best = takes ? value : best;
-        winner = takes ? Winners{} + static_cast<typename V::bits_t>(n) : winner;
-      }
-      const typename V::Winners32 winner32 = __builtin_convertvector(winner, typename V::Winners32);
-      const int64_t count = std::min(V::kLanes, width - c);  // the last vector may hang past the row
-      std::memcpy(image + r * width + c, &best, count * sizeof(scalar_t));
-      std::memcpy(index + r * width + c, &winner32, count * sizeof(int32_t));
+  constexpr int64_t lanes = PixelVector<scalar_t>::kLanes;
+  for (int64_t c = 0; c < padded_width; c += lanes) {
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2) {
+      composite_rows<scalar_t, 2>(image, index, width, c, col_factors, padded_width, row_factors, row_stride, r,
+                                  n_markers);
+    }
+    if (r < rows) {
+      composite_rows<scalar_t, 1>(image, index, width, c, col_factors, padded_width, row_factors, row_stride, r,
+                                  n_markers);
     }
   }
 }
@@ -161,12 +196,9 @@ struct FactorTables {
     row_stride = (tile.rows + lanes - 1) / lanes * lanes;
     cols.resize(n_markers * col_stride);
     rows.resize(n_markers * row_stride);
-    for (int64_t n = 0; n < n_markers; ++n) {
-      axis_factors(cols.data() + n * col_stride, static_cast<int32_t>(col_stride), -means[2 * n], sigmas[n],
-                   amps ? amps[n] : scalar_t(1));
-      axis_factors(rows.data() + n * row_stride, static_cast<int32_t>(row_stride),
-                   scalar_t(tile.row0) - means[2 * n + 1], sigmas[n], scalar_t(1));
-    }
+    axis_factors(cols.data(), col_stride, n_markers, means, scalar_t(0), sigmas, amps);
+    axis_factors(rows.data(), row_stride, n_markers, means + 1, scalar_t(tile.row0), sigmas,
+                 static_cast<const scalar_t*>(nullptr));
   }
 };
 
