@@ -76,6 +76,10 @@ PRESETS = {
                     resolution=(28, 64, 128, 256)), tagged(HEADLINE, "key")),
         min_sample_s=0.05, samples=15, max_case_s=30.0, training_steps=50,
     ),
+    "training": Preset(
+        "the training-throughput section alone (as in full): no kernel sizes",
+        {}, min_sample_s=0.05, samples=15, max_case_s=30.0, training_steps=50,
+    ),
     "gpu": Preset(
         "issue 3's GPU targets and large sizes: B in {1, 64, 256, 1024, 4096} at N=64, 28x28; "
         "N in {10, 25, 64, 256} at B=256, 128x128; resolution in {28, 64, 128, 256} at B=256, N=64; "
