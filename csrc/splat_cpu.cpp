@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -106,16 +108,19 @@ SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int64_t strid
   }
 }
 
-// The forward composites one 64-byte vector of pixels (16 floats, 8 doubles) at a time, with GCC's
-// portable vector types: each ISA clone lowers them to its widest registers.
-constexpr int64_t kVectorBytes = 64;
+// The forward composites one vector of pixels at a time with GCC's portable vector types, as wide as
+// the ISA's registers: 64 bytes (16 floats) with AVX-512, 32 with AVX2, 16 with SSE2. One 64-byte
+// width for every ISA compiled to scalar code on AVX2 (GCC lowers vector selects wider than the
+// registers element by element). Factor tables are padded to the widest vector, which every
+// narrower width divides.
+constexpr int64_t kWidestVectorBytes = 64;
 
-template <typename scalar_t>
+template <typename scalar_t, int64_t kBytes>
 struct PixelVector {
-  static constexpr int64_t kLanes = kVectorBytes / sizeof(scalar_t);
+  static constexpr int64_t kLanes = kBytes / sizeof(scalar_t);
   using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
-  typedef scalar_t Values __attribute__((vector_size(kVectorBytes)));
-  typedef bits_t Winners __attribute__((vector_size(kVectorBytes)));  // lane width of a comparison
+  typedef scalar_t Values __attribute__((vector_size(kBytes)));
+  typedef bits_t Winners __attribute__((vector_size(kBytes)));  // lane width of a comparison
   typedef int32_t Winners32 __attribute__((vector_size(kLanes * 4)));
 };
 
@@ -125,14 +130,14 @@ struct PixelVector {
 // the tile's rows. Two rows at once: one row's compare-select chain (~4 cycles a marker) is twice
 // its issue cost, so a second independent chain fills the gap; more would spill on AVX2.
 // col_factors: [N, padded_width]; row_factors: [N, row_stride], of which `rows` are drawn.
-template <typename scalar_t, int kRowsAtOnce>
+template <typename scalar_t, int64_t kBytes, int kRowsAtOnce>
 inline __attribute__((always_inline)) void composite_rows(scalar_t* __restrict__ image, int32_t* __restrict__ index,
                                                           int64_t width, int64_t c,
                                                           const scalar_t* __restrict__ col_factors,
                                                           int64_t padded_width,
                                                           const scalar_t* __restrict__ row_factors,
                                                           int64_t row_stride, int64_t r, int64_t n_markers) {
-  using V = PixelVector<scalar_t>;
+  using V = PixelVector<scalar_t, kBytes>;
   using Values = typename V::Values;
   using Winners = typename V::Winners;
   Values cols;
@@ -160,22 +165,86 @@ inline __attribute__((always_inline)) void composite_rows(scalar_t* __restrict__
   }
 }
 
-template <typename scalar_t>
-SPLATKERN_ISA_CLONES void composite_tile(scalar_t* __restrict__ image, int32_t* __restrict__ index, int64_t width,
-                                         const scalar_t* __restrict__ col_factors, int64_t padded_width,
-                                         const scalar_t* __restrict__ row_factors, int64_t row_stride,
-                                         int64_t rows, int64_t n_markers) {
-  constexpr int64_t lanes = PixelVector<scalar_t>::kLanes;
-  for (int64_t c = 0; c < padded_width; c += lanes) {
+template <typename scalar_t, int64_t kBytes>
+inline __attribute__((always_inline)) void composite_tile(scalar_t* __restrict__ image, int32_t* __restrict__ index,
+                                                          int64_t width, const scalar_t* __restrict__ col_factors,
+                                                          int64_t padded_width,
+                                                          const scalar_t* __restrict__ row_factors,
+                                                          int64_t row_stride, int64_t rows, int64_t n_markers) {
+  for (int64_t c = 0; c < width; c += PixelVector<scalar_t, kBytes>::kLanes) {
     int64_t r = 0;
     for (; r + 2 <= rows; r += 2) {
-      composite_rows<scalar_t, 2>(image, index, width, c, col_factors, padded_width, row_factors, row_stride, r,
-                                  n_markers);
+      composite_rows<scalar_t, kBytes, 2>(image, index, width, c, col_factors, padded_width, row_factors,
+                                          row_stride, r, n_markers);
     }
     if (r < rows) {
-      composite_rows<scalar_t, 1>(image, index, width, c, col_factors, padded_width, row_factors, row_stride, r,
-                                  n_markers);
+      composite_rows<scalar_t, kBytes, 1>(image, index, width, c, col_factors, padded_width, row_factors,
+                                          row_stride, r, n_markers);
     }
+  }
+}
+
+#define SPLATKERN_COMPOSITE_ARGS                                                                        \
+  scalar_t *__restrict__ image, int32_t *__restrict__ index, int64_t width,                             \
+      const scalar_t *__restrict__ col_factors, int64_t padded_width,                                   \
+      const scalar_t *__restrict__ row_factors, int64_t row_stride, int64_t rows, int64_t n_markers
+#define SPLATKERN_COMPOSITE_CALL image, index, width, col_factors, padded_width, row_factors, row_stride, rows, n_markers
+
+// One compositing loop per vector width, each compiled for the ISA that has it; the process runs
+// the widest its CPU has, or the one SPLATKERN_CPU_ISA names (avx512f, avx2, sse2: how the narrower
+// ones are tested on a machine that has them all).
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename scalar_t>
+__attribute__((target("avx512f"))) void composite_tile_avx512(SPLATKERN_COMPOSITE_ARGS) {
+  composite_tile<scalar_t, 64>(SPLATKERN_COMPOSITE_CALL);
+}
+
+template <typename scalar_t>
+__attribute__((target("avx2"))) void composite_tile_avx2(SPLATKERN_COMPOSITE_ARGS) {
+  composite_tile<scalar_t, 32>(SPLATKERN_COMPOSITE_CALL);
+}
+#endif
+
+template <typename scalar_t>
+void composite_tile_128(SPLATKERN_COMPOSITE_ARGS) {
+  composite_tile<scalar_t, 16>(SPLATKERN_COMPOSITE_CALL);
+}
+
+enum class CompositeIsa { kVector128, kAvx2, kAvx512 };
+
+CompositeIsa composite_isa() {
+  static const CompositeIsa chosen = [] {
+    CompositeIsa best = CompositeIsa::kVector128;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx2")) best = CompositeIsa::kAvx2;
+    if (__builtin_cpu_supports("avx512f")) best = CompositeIsa::kAvx512;
+#endif
+    const char* asked = std::getenv("SPLATKERN_CPU_ISA");
+    if (asked == nullptr || *asked == '\0') return best;
+    const std::string name(asked);
+    const CompositeIsa wanted = name == "avx512f" ? CompositeIsa::kAvx512
+                                : name == "avx2"  ? CompositeIsa::kAvx2
+                                : name == "sse2"  ? CompositeIsa::kVector128
+                                                  : best;
+    TORCH_CHECK_VALUE(name == "avx512f" || name == "avx2" || name == "sse2",
+                      message("SPLATKERN_CPU_ISA must be avx512f, avx2 or sse2, got '", name, "'"));
+    TORCH_CHECK_VALUE(wanted <= best, message("SPLATKERN_CPU_ISA=", name, ": this CPU does not have it"));
+    return wanted;
+  }();
+  return chosen;
+}
+
+template <typename scalar_t>
+void composite_tile_widest(SPLATKERN_COMPOSITE_ARGS) {
+  switch (composite_isa()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case CompositeIsa::kAvx512:
+      return composite_tile_avx512<scalar_t>(SPLATKERN_COMPOSITE_CALL);
+    case CompositeIsa::kAvx2:
+      return composite_tile_avx2<scalar_t>(SPLATKERN_COMPOSITE_CALL);
+#endif
+    default:
+      return composite_tile_128<scalar_t>(SPLATKERN_COMPOSITE_CALL);
   }
 }
 
@@ -191,7 +260,7 @@ struct FactorTables {
   // `amps` scales the column factors (the forward); nullptr gives the bare Gaussian (the backward).
   void fill(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers, int64_t width,
             const Tile& tile) {
-    constexpr int64_t lanes = PixelVector<scalar_t>::kLanes;
+    constexpr int64_t lanes = kWidestVectorBytes / sizeof(scalar_t);
     col_stride = (width + lanes - 1) / lanes * lanes;
     row_stride = (tile.rows + lanes - 1) / lanes * lanes;
     cols.resize(n_markers * col_stride);
@@ -206,7 +275,7 @@ template <typename scalar_t>
 void forward_tile(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers,
                   int64_t width, const Tile& tile, scalar_t* image, int32_t* index, FactorTables<scalar_t>& tables) {
   tables.fill(means, sigmas, amps, n_markers, width, tile);
-  composite_tile(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(), tables.col_stride,
+  composite_tile_widest(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(), tables.col_stride,
                  tables.rows.data(), tables.row_stride, tile.rows, n_markers);
 }
 
