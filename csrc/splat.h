@@ -61,7 +61,7 @@ void check_forward_layout(const at::Tensor& means, const at::Tensor& sigmas, con
 void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
                            const at::Tensor& amps, const at::Tensor& index);
 
-// Raises, naming the value, if index held one outside [0, n_markers) (reported by a kernel).
+// Raises the ValueError for a winner map that held a value outside [0, n_markers), when `found`.
 void raise_bad_index(bool found, int64_t n_markers);
 
 }  // namespace splatkern

@@ -222,12 +222,11 @@ CompositeIsa composite_isa() {
     const char* asked = std::getenv("SPLATKERN_CPU_ISA");
     if (asked == nullptr || *asked == '\0') return best;
     const std::string name(asked);
-    const CompositeIsa wanted = name == "avx512f" ? CompositeIsa::kAvx512
-                                : name == "avx2"  ? CompositeIsa::kAvx2
-                                : name == "sse2"  ? CompositeIsa::kVector128
-                                                  : best;
     TORCH_CHECK_VALUE(name == "avx512f" || name == "avx2" || name == "sse2",
                       message("SPLATKERN_CPU_ISA must be avx512f, avx2 or sse2, got '", name, "'"));
+    const CompositeIsa wanted = name == "avx512f" ? CompositeIsa::kAvx512
+                                : name == "avx2"  ? CompositeIsa::kAvx2
+                                                  : CompositeIsa::kVector128;
     TORCH_CHECK_VALUE(wanted <= best, message("SPLATKERN_CPU_ISA=", name, ": this CPU does not have it"));
     return wanted;
   }();
@@ -275,8 +274,8 @@ template <typename scalar_t>
 void forward_tile(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers,
                   int64_t width, const Tile& tile, scalar_t* image, int32_t* index, FactorTables<scalar_t>& tables) {
   tables.fill(means, sigmas, amps, n_markers, width, tile);
-  composite_tile_widest(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(), tables.col_stride,
-                 tables.rows.data(), tables.row_stride, tile.rows, n_markers);
+  composite_tile_widest(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(),
+                        tables.col_stride, tables.rows.data(), tables.row_stride, tile.rows, n_markers);
 }
 
 // The value checks: plain passes, without the launch overhead of eight small ATen ops on tiny

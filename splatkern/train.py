@@ -96,6 +96,7 @@ class _World:
     rank: int
     size: int
     device: torch.device
+    distributed: bool = False  # this run joined a process group (torchrun), even of one process
 
     @property
     def is_main(self) -> bool:
@@ -113,11 +114,7 @@ class _World:
         dist.init_process_group(backend)
         print(f"rank {dist.get_rank()} of {dist.get_world_size()} joined a {backend} process group on {resolved}",
               file=sys.stderr)
-        return cls(dist.get_rank(), dist.get_world_size(), resolved)
-
-    @property
-    def distributed(self) -> bool:
-        return dist.is_initialized()
+        return cls(dist.get_rank(), dist.get_world_size(), resolved, distributed=True)
 
     def leave(self) -> None:
         if self.distributed:
