@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -60,6 +61,9 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
 
 // __builtin_bit_cast, not C++20's std::bit_cast: torch < 2.13 builds extensions as C++17.
 //
+// Factor tables are padded to a whole number of the widest vector (AVX-512's 64 bytes).
+constexpr int64_t kWidestVectorBytes = 64;
+
 // exp(-x) for x in [0, kFlushExponent<float>]: Cephes' expf polynomial (about 1 ulp), inlined and
 // branch-free so the factor loops vectorise; libm's expf, a call per element, made the (W + H)
 // exps per marker cost more than the W * H pixel updates. Out-of-range x gives garbage that the
@@ -91,19 +95,27 @@ inline __attribute__((always_inline)) scalar_t keep_or_zero(bool keep, scalar_t 
 // out[n * stride + k] = scale_n * exp(-((origin - centre_n + k) / sigma_n)^2 / 2), flushed: one axis
 // of every marker's Gaussian, centre_n = centres[2 n] (axis 0: x, 1: y), scale_n = scales[n] or 1.
 // One call for all markers: the factor loops are short (a tile's width or rows), so a call per
-// marker and axis cost as much again in dispatch. Dividing by sigma (not multiplying by
-// 1/sigma^2) keeps the centre exact when sigma^2 underflows.
+// marker and axis cost as much again in dispatch. `stride` is a whole number of the widest vectors,
+// so the inner loop has a fixed trip count and no remainder. A multiply by 1/sigma, not a divide
+// (a 512-bit divide costs as much as the rest of the loop): clamped to the largest finite value, so
+// a sigma whose reciprocal overflows still gives 0 at the centre and a flushed 0 elsewhere, as the
+// divide did.
 template <typename scalar_t>
 SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int64_t stride, int64_t n_markers,
                                        const scalar_t* __restrict__ centres, scalar_t origin,
                                        const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ scales) {
+  constexpr int32_t lanes = kWidestVectorBytes / sizeof(scalar_t);
   for (int64_t n = 0; n < n_markers; ++n) {
-    const scalar_t offset = origin - centres[2 * n], sigma = sigmas[n], scale = scales ? scales[n] : scalar_t(1);
+    const scalar_t offset = origin - centres[2 * n], scale = scales ? scales[n] : scalar_t(1);
+    const scalar_t inv_sigma = std::min(scalar_t(1) / sigmas[n], std::numeric_limits<scalar_t>::max());
     scalar_t* __restrict__ row = out + n * stride;
-    for (int32_t k = 0; k < static_cast<int32_t>(stride); ++k) {
-      const scalar_t z = (offset + scalar_t(k)) / sigma;
-      const scalar_t exponent = scalar_t(0.5) * z * z;
-      row[k] = keep_or_zero(exponent <= kFlushExponent<scalar_t>, scale * exp_neg(exponent));
+    for (int32_t k0 = 0; k0 < static_cast<int32_t>(stride); k0 += lanes) {
+      scalar_t* __restrict__ chunk = row + k0;
+      for (int32_t lane = 0; lane < lanes; ++lane) {
+        const scalar_t z = (offset + scalar_t(k0 + lane)) * inv_sigma;
+        const scalar_t exponent = scalar_t(0.5) * z * z;
+        chunk[lane] = keep_or_zero(exponent <= kFlushExponent<scalar_t>, scale * exp_neg(exponent));
+      }
     }
   }
 }
@@ -113,7 +125,6 @@ SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int64_t strid
 // width for every ISA compiled to scalar code on AVX2 (GCC lowers vector selects wider than the
 // registers element by element). Factor tables are padded to the widest vector, which every
 // narrower width divides.
-constexpr int64_t kWidestVectorBytes = 64;
 
 template <typename scalar_t, int64_t kBytes>
 struct PixelVector {
@@ -157,11 +168,17 @@ inline __attribute__((always_inline)) void composite_rows(scalar_t* __restrict__
       winner[k] = takes ? Winners{} + static_cast<typename V::bits_t>(n) : winner[k];
     }
   }
-  const int64_t count = std::min(V::kLanes, width - c);  // the last vector may hang past the row
   for (int k = 0; k < kRowsAtOnce; ++k) {
     const typename V::Winners32 winner32 = __builtin_convertvector(winner[k], typename V::Winners32);
-    std::memcpy(image + (r + k) * width + c, &best[k], count * sizeof(scalar_t));
-    std::memcpy(index + (r + k) * width + c, &winner32, count * sizeof(int32_t));
+    scalar_t* image_row = image + (r + k) * width + c;
+    int32_t* index_row = index + (r + k) * width + c;
+    if (c + V::kLanes <= width) {  // a constant size: one vector store, not a call
+      std::memcpy(image_row, &best[k], sizeof best[k]);
+      std::memcpy(index_row, &winner32, sizeof winner32);
+    } else {  // the last vector hangs past the row
+      std::memcpy(image_row, &best[k], (width - c) * sizeof(scalar_t));
+      std::memcpy(index_row, &winner32, (width - c) * sizeof(int32_t));
+    }
   }
 }
 
@@ -339,36 +356,79 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
   return {image, index};
 }
 
-// Per-marker sums over one tile's pixels, kept in double: d/d amp, then d/d mx and d/d my before
-// their factor 1/sigma^2, and d/d sigma before its factor 1/sigma^3.
-constexpr int64_t kPartials = 4;
+// Per-marker sums over one tile's pixels (i, j) of g * e, where g is the upstream gradient and e the
+// winner's unscaled Gaussian there: S = sum g e (1, j, i, j^2 + i^2), in double. The gradients are
+// linear in these (see `marker_gradients`), so a pixel costs one 4-wide multiply-add whatever its
+// marker, and the centring on (mx, my) happens once per marker instead of once per pixel.
+// Aligned as a double, not 32 bytes: std::vector's allocator gives only 16 here.
+typedef double PixelSums __attribute__((vector_size(32), aligned(8)));
+constexpr int64_t kPartials = 4;  // the lanes of PixelSums
+// Pixels alternate between this many copies of the sums: a run of pixels with one winner would
+// otherwise chain every add on the last one's store.
+constexpr int64_t kSumBanks = 2;
+
+// The tile's pixel loop, built per ISA: 4-wide double vectors are one AVX register, two SSE2 ones.
+// cols / rows: the tile's factor tables; banks: [kSumBanks, N] zeroed sums. Returns false at the
+// first winner index outside [0, N) (a corrupted or foreign index map).
+template <typename scalar_t>
+SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_image, const int32_t* __restrict__ index,
+                                            int64_t n_markers, int64_t width, int64_t row0, int64_t rows,
+                                            const scalar_t* __restrict__ cols, int64_t col_stride,
+                                            const scalar_t* __restrict__ row_factors, int64_t row_stride,
+                                            PixelSums* __restrict__ banks) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const double i = double(row0 + r);
+    const PixelSums row_part = {1.0, 0.0, i, i * i};
+    const int64_t offset = (row0 + r) * width;
+    for (int64_t j = 0; j < width; ++j) {
+      const int32_t n = index[offset + j];
+      if (static_cast<uint32_t>(n) >= static_cast<uint64_t>(n_markers)) return false;
+      const scalar_t e = cols[n * col_stride + j] * row_factors[n * row_stride + r];
+      const double g_e = double(grad_image[offset + j]) * double(e);
+      const double jd = double(j);
+      const PixelSums pixel = row_part + PixelSums{0.0, jd, 0.0, jd * jd};
+      banks[(j % kSumBanks) * n_markers + n] += g_e * pixel;
+    }
+  }
+  return true;
+}
 
 template <typename scalar_t>
-void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
-                   const scalar_t* amps, const int32_t* index, int64_t n_markers, int64_t width,
-                   const Tile& tile, double* partials, FactorTables<scalar_t>& tables) {
+void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas, const int32_t* index,
+                   int64_t n_markers, int64_t width, const Tile& tile, double* partials,
+                   FactorTables<scalar_t>& tables, std::vector<PixelSums>& banks) {
   // The forward's axis factors (without amp): each pixel's exp(-d^2 / 2s^2) is one multiply and
   // exactly the value the forward composited.
   tables.fill(means, sigmas, nullptr, n_markers, width, tile);
-  std::fill(partials, partials + n_markers * kPartials, 0.0);
-  for (int64_t r = 0; r < tile.rows; ++r) {
-    const int64_t i = tile.row0 + r;
-    for (int64_t j = 0; j < width; ++j) {
-      const int32_t n = index[i * width + j];
-      const scalar_t g = grad_image[i * width + j];
-      if (n < 0 || n >= n_markers) raise_bad_index(true, n_markers);  // at::parallel_for rethrows it
-      const scalar_t e = tables.cols[n * tables.col_stride + j] * tables.rows[n * tables.row_stride + r];
-      if (g == scalar_t(0) || e == scalar_t(0)) continue;
-      const double g_e = double(g) * double(e);
-      const double g_v = g_e * double(amps[n]);
-      const double dx = double(j) - double(means[2 * n]), dy = double(i) - double(means[2 * n + 1]);
-      double* p = partials + n * kPartials;
-      p[0] += g_e;
-      p[1] += g_v * dx;
-      p[2] += g_v * dy;
-      p[3] += g_v * (dx * dx + dy * dy);
-    }
+  banks.assign(kSumBanks * n_markers, PixelSums{});
+  const bool valid = sum_winner_pixels(grad_image, index, n_markers, width, tile.row0, tile.rows, tables.cols.data(),
+                                       tables.col_stride, tables.rows.data(), tables.row_stride, banks.data());
+  raise_bad_index(!valid, n_markers);  // at::parallel_for rethrows it
+  for (int64_t n = 0; n < n_markers; ++n) {
+    PixelSums sum = banks[n];
+    for (int64_t bank = 1; bank < kSumBanks; ++bank) sum += banks[bank * n_markers + n];
+    std::memcpy(partials + n * kPartials, &sum, sizeof sum);
   }
+}
+
+// One marker's gradients from its pixel sums S = sum g e (1, j, i, j^2 + i^2) (see above), with
+// v = amp e the drawn value, dx = j - mx, dy = i - my:
+//   d/d amp = sum g e,  d/d mx = sum g v dx / s^2,  d/d my = sum g v dy / s^2,
+//   d/d sigma = sum g v (dx^2 + dy^2) / s^3,
+// each sum of g v (dx, dy, dx^2 + dy^2) expanded into the S terms. The expansion cancels terms as
+// large as (image size)^2 times S0; in double that leaves about 1e-11 of relative error at 256^2,
+// far below float's precision and the float64 gradcheck's tolerance.
+template <typename scalar_t>
+void marker_gradients(const double* sums, scalar_t mx_in, scalar_t my_in, scalar_t sigma, scalar_t amp,
+                      scalar_t* grad_mean, scalar_t* grad_sigma, scalar_t* grad_amp) {
+  const double s0 = sums[0], sj = sums[1], si = sums[2], sq = sums[3];
+  const double mx = double(mx_in), my = double(my_in), a = double(amp);
+  const double inv_sigma = 1.0 / double(sigma);
+  const double inv_sigma2 = inv_sigma * inv_sigma;
+  *grad_amp = scalar_t(s0);
+  grad_mean[0] = scalar_t(a * (sj - mx * s0) * inv_sigma2);
+  grad_mean[1] = scalar_t(a * (si - my * s0) * inv_sigma2);
+  *grad_sigma = scalar_t(a * (sq - 2.0 * mx * sj - 2.0 * my * si + (mx * mx + my * my) * s0) * inv_sigma2 * inv_sigma);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tensor& grad_image,
@@ -379,12 +439,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
   check_backward_layout(grad_image, means, sigmas, amps, index);
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2);
-  at::Tensor grad_means = at::zeros_like(means);
-  at::Tensor grad_sigmas = at::zeros_like(sigmas);
-  at::Tensor grad_amps = at::zeros_like(amps);
   if (n_markers == 0 || batch == 0) {
-    return {grad_means, grad_sigmas, grad_amps};
+    return {at::zeros_like(means), at::zeros_like(sigmas), at::zeros_like(amps)};
   }
+  at::Tensor grad_means = at::empty_like(means);  // every entry is written below
+  at::Tensor grad_sigmas = at::empty_like(sigmas);
+  at::Tensor grad_amps = at::empty_like(amps);
   const Tiling tiling(batch, height, width);
   const int64_t n_items = batch * tiling.tiles_per_image;
   std::vector<double> partials(n_items * n_markers * kPartials);
@@ -396,12 +456,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
     const int32_t* idx = index.const_data_ptr<int32_t>();
     at::parallel_for(0, n_items, 1, [&](int64_t begin, int64_t end) {
       FactorTables<scalar_t> tables;
+      std::vector<PixelSums> banks;
       for (int64_t item = begin; item < end; ++item) {
         const Tile tile = tile_at(tiling, item, height);
         const int64_t b = tile.b;
-        backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers, a + b * n_markers,
-                      idx + b * height * width, n_markers, width, tile,
-                      partials.data() + item * n_markers * kPartials, tables);
+        backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers, idx + b * height * width,
+                      n_markers, width, tile, partials.data() + item * n_markers * kPartials, tables, banks);
       }
     });
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
@@ -410,17 +470,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
     at::parallel_for(0, batch * n_markers, 256, [&](int64_t begin, int64_t end) {
       for (int64_t bn = begin; bn < end; ++bn) {
         const int64_t b = bn / n_markers, n = bn % n_markers;
-        double sum[kPartials] = {0, 0, 0, 0};
+        double sums[kPartials] = {0, 0, 0, 0};
         for (int64_t t = 0; t < tiling.tiles_per_image; ++t) {
           const double* p = partials.data() + ((b * tiling.tiles_per_image + t) * n_markers + n) * kPartials;
-          for (int64_t k = 0; k < kPartials; ++k) sum[k] += p[k];
+          for (int64_t k = 0; k < kPartials; ++k) sums[k] += p[k];
         }
-        const double inv_sigma = 1.0 / double(s[bn]);
-        const double inv_sigma2 = inv_sigma * inv_sigma;
-        ga[bn] = scalar_t(sum[0]);
-        gm[2 * bn] = scalar_t(sum[1] * inv_sigma2);
-        gm[2 * bn + 1] = scalar_t(sum[2] * inv_sigma2);
-        gs[bn] = scalar_t(sum[3] * inv_sigma2 * inv_sigma);
+        marker_gradients(sums, m[2 * bn], m[2 * bn + 1], s[bn], a[bn], gm + 2 * bn, gs + bn, ga + bn);
       }
     });
   });

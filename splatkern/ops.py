@@ -77,8 +77,12 @@ def _register(forward_op, backward_op) -> None:
         ctx.save_for_backward(means, sigmas, amps, index)
         ctx.deterministic = deterministic
         ctx.mark_non_differentiable(index)
+        # Otherwise autograd zero-fills a [B, H, W] int32 gradient for `index` on every backward.
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_image, _grad_index):
+        if grad_image is None:  # grads are not materialised; the image took no part in the loss
+            return None, None, None, None, None, None
         means, sigmas, amps, index = ctx.saved_tensors
         grads = backward_op(grad_image.contiguous(), means, sigmas, amps, index, ctx.deterministic)
         return (*grads, None, None, None)
