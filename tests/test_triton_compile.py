@@ -39,7 +39,7 @@ def compile_all() -> list[dict]:
                 (kernels._forward_kernel, dict(FLUSH=flush, **kernels._forward_config(height, width, n_markers))),
                 *(
                     (kernels._backward_kernel, dict(FLUSH=flush, DETERMINISTIC=deterministic,
-                                                    **kernels._backward_config(height, width, n_markers, dtype),
+                                                    **kernels._backward_config(height, width),
                                                     **({} if deterministic else {"partials_ptr": None})))
                     for deterministic in (False, True)
                 ),
