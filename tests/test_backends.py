@@ -157,6 +157,22 @@ def test_matches_reference_on_extreme_inputs(device, backend, dtype, kind):
     assert_matches_reference(backend, means, sigmas, amps, 15, 17)
 
 
+@pytest.mark.parametrize("device, backend", CPP_CASES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_gradients_of_small_markers_far_from_the_origin(device, backend, dtype):
+    """Small markers in the far corner of a 300 x 260 canvas. The CPU backward sums g e (1, j, i,
+    j^2 + i^2) per marker and centres the sums on (mx, my) once, cancelling terms up to ~10^5 times
+    the result; its gradients must still match the oracle's per-pixel (j - mx, i - my) products.
+    (The Triton kernels form those products per pixel; under the interpreter this canvas takes minutes.)"""
+    require(device, backend)
+    height, width = 300, 260
+    means, sigmas, amps = make_markers((2,), 6, 20, 20, dtype=dtype, device=device, seed=8, sigma_range=(0.4, 2.0),
+                                       margin=0.0)
+    means = means + torch.tensor([width - 20, height - 20], dtype=dtype, device=device)
+    _, _, grads, _ = assert_matches_reference(backend, means, sigmas, amps, height, width)
+    assert (grads[0] != 0).sum() > 10
+
+
 @pytest.mark.parametrize("device, backend", ALL_CASES)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 def test_exact_ties_go_to_the_lowest_index(device, backend, dtype):
