@@ -80,8 +80,11 @@ def markdown(results: dict) -> str:
         lines.append(f"Hardware limit: unavailable — {limit['unavailable']}.")
     elif limit["kind"] == "cpu-multiply-max":
         rate = limit["pairs_per_s"] / 1e9
+        calibrations = limit.get("calibrations_pairs_per_s")
+        both = (f" (the faster of two calibrations, at the start and the end of the run: "
+                f"{calibrations[0] / 1e9:.2f} and {calibrations[1] / 1e9:.2f})") if calibrations else ""
         lines.append(f"Hardware limit (CPU): multiply-compare-select loop at {rate:.2f} G pairs/s "
-                     f"({limit['vector_bits']}-bit vectors, {limit['threads']} threads), measured in this run.")
+                     f"({limit['vector_bits']}-bit vectors, {limit['threads']} threads), measured in this run{both}.")
     else:
         lines.append(f"Hardware limit (GPU, {limit['model']}): {limit['op_rate'] / 1e12:.1f} T FP32 instructions/s "
                      f"(datasheet {limit['fp32_flops'] / 1e12:.0f} TFLOPS / 2), "

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from bench import report, training  # noqa: E402
 from bench.cases import COMPILED, GRAPHED, MODES, Point, implementations, make_case, reference_fits  # noqa: E402
 from bench.harness import cpu_memory_method, peak_memory_bytes, time_calls  # noqa: E402
-from bench.limits import describe_limit, limit_seconds  # noqa: E402
+from bench.limits import describe_limit, limit_seconds, recalibrated  # noqa: E402
 from bench.presets import PRESETS  # noqa: E402
 
 BASELINES = {"speedup_vs_reference": "reference", "speedup_vs_compiled": COMPILED}
@@ -112,8 +112,12 @@ def add_ratios(rows: dict[str, dict], limit: dict, point: Point, mode: str) -> N
             row[field] = base / row["median_s"] if base else None
         peak, reference_peak = row["peak_bytes"], reference.get("peak_bytes")
         row["memory_vs_reference"] = peak / reference_peak if peak is not None and reference_peak else None
-        row["limit_s"] = limit_seconds(limit, point.batch, point.markers, point.pixels, mode)
-        row["limit_fraction"] = row["limit_s"] / row["median_s"] if row["limit_s"] else None
+        set_limit_fraction(row, limit, mode)
+
+
+def set_limit_fraction(row: dict, limit: dict, mode: str) -> None:
+    row["limit_s"] = limit_seconds(limit, row["batch"], row["markers"], row["height"] * row["width"], mode)
+    row["limit_fraction"] = row["limit_s"] / row["median_s"] if row["limit_s"] else None
 
 
 def describe(row: dict) -> str:
@@ -183,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         report.write_tables(results, out_dir)  # a run cut short still leaves what it measured
         print(f"  ({time.perf_counter() - started:.0f} s so far)", flush=True)
 
+    results["limit"] = limit = recalibrated(limit, threads)
+    if limit.get("calibrations_pairs_per_s"):
+        print("hardware limit calibrated again:", limit["calibrations_pairs_per_s"], "pairs/s; the limit is the faster")
+        for row in results["cases"]:
+            if row.get("median_s"):
+                set_limit_fraction(row, limit, row["mode"])
     results["training"] = run_training(args, preset, names, device)
     errors += results["training"].get("skipped", "").startswith("error")
     for path in report.write_all(results, out_dir):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -52,7 +53,12 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
         if case["implementation"] == "reference":
             assert case["speedup_vs_reference"] == 1.0
 
-    assert results["limit"]["kind"] == "cpu-multiply-max" and results["limit"]["pairs_per_s"] > 0
+    limit = results["limit"]
+    assert limit["kind"] == "cpu-multiply-max" and limit["pairs_per_s"] > 0
+    # calibrated at the start and the end of the run; the faster is the limit every fraction uses
+    assert len(limit["calibrations_pairs_per_s"]) == 2 and limit["pairs_per_s"] == max(limit["calibrations_pairs_per_s"])
+    for case in cases:
+        assert case["limit_fraction"] == pytest.approx(case["pairs"] / limit["pairs_per_s"] / case["median_s"])
     training = results["training"]
     if "skipped" in training:  # splatkern.models not available in this checkout: the reason is recorded
         assert training["skipped"]
