@@ -89,11 +89,11 @@ class WorkQueue {
 #define SPLATKERN_ISA_CLONES
 #endif
 
-// __builtin_bit_cast, not C++20's std::bit_cast: torch < 2.13 builds extensions as C++17.
-//
 // Factor tables are padded to a whole number of the widest vector (AVX-512's 64 bytes).
 constexpr int64_t kWidestVectorBytes = 64;
 
+// __builtin_bit_cast, not C++20's std::bit_cast: torch < 2.13 builds extensions as C++17.
+//
 // exp(-x) for x in [0, kFlushExponent<float>]: Cephes' expf polynomial (about 1 ulp), inlined and
 // branch-free so the factor loops vectorise; libm's expf, a call per element, made the (W + H)
 // exps per marker cost more than the W * H pixel updates. Out-of-range x gives garbage that the
