@@ -101,7 +101,7 @@ def measure(implementation: str, mode: str, point: Point, device: torch.device, 
             "peak_bytes": peak}
 
 
-def add_ratios(rows: dict[str, dict], limit: dict, point: Point, mode: str) -> None:
+def add_ratios(rows: dict[str, dict], limit: dict) -> None:
     """Speed-ups and memory against the baselines measured in this run, and the fraction of the limit."""
     reference = rows.get("reference", {})
     for row in rows.values():
@@ -112,11 +112,11 @@ def add_ratios(rows: dict[str, dict], limit: dict, point: Point, mode: str) -> N
             row[field] = base / row["median_s"] if base else None
         peak, reference_peak = row["peak_bytes"], reference.get("peak_bytes")
         row["memory_vs_reference"] = peak / reference_peak if peak is not None and reference_peak else None
-        set_limit_fraction(row, limit, mode)
+        set_limit_fraction(row, limit)
 
 
-def set_limit_fraction(row: dict, limit: dict, mode: str) -> None:
-    row["limit_s"] = limit_seconds(limit, row["batch"], row["markers"], row["height"] * row["width"], mode)
+def set_limit_fraction(row: dict, limit: dict) -> None:
+    row["limit_s"] = limit_seconds(limit, row["batch"], row["markers"], row["height"] * row["width"], row["mode"])
     row["limit_fraction"] = row["limit_s"] / row["median_s"] if row["limit_s"] else None
 
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print("hardware limit calibrated again:", limit["calibrations_pairs_per_s"], "pairs/s; the limit is the faster")
         for row in results["cases"]:
             if row.get("median_s"):
-                set_limit_fraction(row, limit, row["mode"])
+                set_limit_fraction(row, limit)
     results["training"] = run_training(args, preset, names, device)
     errors += results["training"].get("skipped", "").startswith("error")
     for path in report.write_all(results, out_dir):
@@ -224,7 +224,7 @@ def measure_point(point: Point, tags: tuple[str, ...], names: list[str], device:
                     row["skipped"] = f"error: {first_line(error)}"
                 release_memory(device)
             rows[implementation] = row
-        add_ratios(rows, limit, point, mode)
+        add_ratios(rows, limit)
         for implementation, row in rows.items():
             print(f"{point.label():>24} {mode:>16} {implementation:>18}: {describe(row)}", flush=True)
         cases.extend(rows.values())

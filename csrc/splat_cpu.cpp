@@ -52,34 +52,26 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
   return {b, row0, std::min(tiling.rows_per_tile, height - row0)};
 }
 
-// Hands out a call's work items in chunks on demand. With at::parallel_for's static split, a thread
-// whose core is busy with other work holds up the whole call (on the 2-core development machine the
-// same forward took 0.65-1.0 ms with 2 threads while one thread's time held steady); taking chunks
-// as they finish lets the other threads cover for it. Results depend only on the items, never on
-// which thread ran them. Usage: at::parallel_for(0, queue.workers(), 1, ...) with each worker
-// calling take() until it returns false.
-class WorkQueue {
- public:
-  explicit WorkQueue(int64_t n_items)
-      : n_items_(n_items),
-        workers_(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items))),
-        chunk_(std::max<int64_t>(1, n_items / (workers_ * kChunksPerWorker))) {}
-
-  int64_t workers() const { return workers_; }
-
-  // The next chunk of items [begin, end); false when every item has been handed out.
-  bool take(int64_t& begin, int64_t& end) {
-    begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
-    end = std::min(begin + chunk_, n_items_);
-    return begin < n_items_;
-  }
-
- private:
+// Calls body(item, scratch) for every item in [0, n_items) on torch's threads, each thread with its
+// own default-constructed Scratch, reused across its items. Items are handed out in chunks on
+// demand: with at::parallel_for's static split, a thread whose core is busy with other work holds up
+// the whole call (on the 2-core development machine the same forward took 0.65-1.0 ms with 2
+// threads while one thread's time held steady); taking chunks as they finish lets the other threads
+// cover for it. Results depend only on the items, never on which thread ran them.
+template <typename Scratch, typename Body>
+void parallel_items(int64_t n_items, const Body& body) {
   // Enough chunks that an uneven finish costs little; few enough that taking them costs nothing.
-  static constexpr int64_t kChunksPerWorker = 8;
-  const int64_t n_items_, workers_, chunk_;
-  std::atomic<int64_t> next_{0};
-};
+  constexpr int64_t kChunksPerWorker = 8;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
+  const int64_t chunk = std::max<int64_t>(1, n_items / (workers * kChunksPerWorker));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    Scratch scratch;
+    for (int64_t begin; (begin = next.fetch_add(chunk, std::memory_order_relaxed)) < n_items;) {
+      for (int64_t item = begin; item < std::min(begin + chunk, n_items); ++item) body(item, scratch);
+    }
+  });
+}
 
 // The hot loops are written branch-free so the compiler vectorises them, and are built for
 // several ISAs with the fastest picked at load time.
@@ -373,18 +365,13 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
     const scalar_t* a = amps.const_data_ptr<scalar_t>();
     scalar_t* img = image.mutable_data_ptr<scalar_t>();
     int32_t* idx = index.mutable_data_ptr<int32_t>();
-    WorkQueue queue(batch * tiling.tiles_per_image);
-    at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
-      FactorTables<scalar_t> tables;
-      for (int64_t begin, end; queue.take(begin, end);) {
-        for (int64_t item = begin; item < end; ++item) {
-          const Tile tile = tile_at(tiling, item, height);
-          const int64_t b = tile.b;
-          forward_tile(m + b * n_markers * 2, s + b * n_markers, a + b * n_markers, n_markers, width, tile,
-                       img + b * height * width, idx + b * height * width, tables);
-        }
-      }
-    });
+    const auto draw_tile = [&](int64_t item, FactorTables<scalar_t>& tables) {
+      const Tile tile = tile_at(tiling, item, height);
+      const int64_t b = tile.b;
+      forward_tile(m + b * n_markers * 2, s + b * n_markers, a + b * n_markers, n_markers, width, tile,
+                   img + b * height * width, idx + b * height * width, tables);
+    };
+    parallel_items<FactorTables<scalar_t>>(batch * tiling.tiles_per_image, draw_tile);
   });
   return {image, index};
 }
@@ -426,10 +413,19 @@ SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_im
   return true;
 }
 
+// A backward thread's scratch, reused across its tiles.
+template <typename scalar_t>
+struct BackwardScratch {
+  FactorTables<scalar_t> tables;
+  std::vector<PixelSums> banks;
+};
+
 template <typename scalar_t>
 void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas, const int32_t* index,
                    int64_t n_markers, int64_t width, const Tile& tile, double* partials,
-                   FactorTables<scalar_t>& tables, std::vector<PixelSums>& banks) {
+                   BackwardScratch<scalar_t>& scratch) {
+  FactorTables<scalar_t>& tables = scratch.tables;
+  std::vector<PixelSums>& banks = scratch.banks;
   // The forward's axis factors (without amp): each pixel's exp(-d^2 / 2s^2) is one multiply and
   // exactly the value the forward composited.
   tables.fill(means, sigmas, nullptr, n_markers, width, tile);
@@ -487,19 +483,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
     const scalar_t* s = sigmas.const_data_ptr<scalar_t>();
     const scalar_t* a = amps.const_data_ptr<scalar_t>();
     const int32_t* idx = index.const_data_ptr<int32_t>();
-    WorkQueue queue(n_items);
-    at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
-      FactorTables<scalar_t> tables;
-      std::vector<PixelSums> banks;
-      for (int64_t begin, end; queue.take(begin, end);) {
-        for (int64_t item = begin; item < end; ++item) {
-          const Tile tile = tile_at(tiling, item, height);
-          const int64_t b = tile.b;
-          backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers,
-                        idx + b * height * width, n_markers, width, tile,
-                        partials.data() + item * n_markers * kPartials, tables, banks);
-        }
-      }
+    parallel_items<BackwardScratch<scalar_t>>(n_items, [&](int64_t item, BackwardScratch<scalar_t>& scratch) {
+      const Tile tile = tile_at(tiling, item, height);
+      const int64_t b = tile.b;
+      backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers, idx + b * height * width,
+                    n_markers, width, tile, partials.data() + item * n_markers * kPartials, scratch);
     });
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
     scalar_t* gs = grad_sigmas.mutable_data_ptr<scalar_t>();
