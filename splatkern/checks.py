@@ -18,6 +18,13 @@ FLAW_MESSAGES = (
 )
 
 
+# csrc/splat_autograd.cpp raises the same for the C++ backends.
+NO_DOUBLE_BACKWARD = (
+    "splat_render: double backward is not supported by the fused backends (their backward has no derivative); "
+    'use backend="reference" for second derivatives'
+)
+
+
 def raise_marker_flaws(flaws: int) -> None:
     """Raise the ValueError of the first flaw bit set in ``flaws``; 0 passes."""
     for bit, message in enumerate(FLAW_MESSAGES):

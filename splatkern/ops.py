@@ -15,7 +15,7 @@ import os
 import torch
 
 from splatkern import _extension
-from splatkern.checks import check_values
+from splatkern.checks import NO_DOUBLE_BACKWARD, check_values
 from splatkern.reference import splat_render_reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
@@ -68,8 +68,14 @@ def _fake_backward(grad_image, means, sigmas, amps, index, deterministic):
     return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)
 
 
-def _register(forward_op, backward_op) -> None:
-    """Fake tensors for both ops, and autograd for the forward through the analytic backward op."""
+def _register_fakes(forward_op: str, backward_op: str) -> None:
+    torch.library.register_fake(forward_op)(_fake_forward)
+    torch.library.register_fake(backward_op)(_fake_backward)
+
+
+def _register_autograd(forward_op: str, backward_op) -> None:
+    """Autograd for the forward through the analytic backward op, which has no derivative itself.
+    The C++ ops have the same rule in C++ (csrc/splat_autograd.cpp), for its lower host cost."""
 
     def setup_context(ctx, inputs, output):
         means, sigmas, amps, _height, _width, deterministic = inputs
@@ -87,13 +93,16 @@ def _register(forward_op, backward_op) -> None:
         grads = backward_op(grad_image.contiguous(), means, sigmas, amps, index, ctx.deterministic)
         return (*grads, None, None, None)
 
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
+    def no_double_backward(ctx, *grads):
+        raise NotImplementedError(NO_DOUBLE_BACKWARD)
+
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+    # Without it a double backward would run and be silently wrong, with only a warning.
+    torch.library.register_autograd(backward_op, no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 if _extension.LOAD_ERROR is None:
-    _register("splatkern::splat_forward", torch.ops.splatkern.splat_backward.default)
+    _register_fakes("splatkern::splat_forward", "splatkern::splat_backward")
 
 
 @torch.library.custom_op("splatkern::splat_forward_triton", mutates_args=())
@@ -119,7 +128,8 @@ def _triton_backward(
     return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
 
 
-_register("splatkern::splat_forward_triton", _triton_backward)
+_register_fakes("splatkern::splat_forward_triton", "splatkern::splat_backward_triton")
+_register_autograd("splatkern::splat_forward_triton", _triton_backward)
 
 _FUSED_FORWARD = {
     "cpu": lambda: torch.ops.splatkern.splat_forward,
@@ -216,12 +226,13 @@ def splat_render(
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
 
-    batch_shape, n_markers = means.shape[:-2], means.shape[-2]
-    batch = math.prod(batch_shape)
-    compute_dtype = means.dtype if means.dtype in (torch.float32, torch.float64) else torch.float32
-    flat_means = means.to(compute_dtype).reshape(batch, n_markers, 2).contiguous()
-    flat_sigmas = sigmas.to(compute_dtype).reshape(batch, n_markers).contiguous()
-    flat_amps = amps.to(compute_dtype).reshape(batch, n_markers).contiguous()
+    dtype, batch_shape = means.dtype, means.shape[:-2]
+    if len(batch_shape) != 1:  # else as is: each reshape would add a view and an autograd node (~3 us)
+        batch, n_markers = math.prod(batch_shape), means.shape[-2]
+        means = means.reshape(batch, n_markers, 2)
+        sigmas, amps = sigmas.reshape(batch, n_markers), amps.reshape(batch, n_markers)
+    compute_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    flat_means, flat_sigmas, flat_amps = (t.to(compute_dtype).contiguous() for t in (means, sigmas, amps))
 
     if chosen == "reference":
         if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it (README)
@@ -231,7 +242,7 @@ def splat_render(
         forward = _FUSED_FORWARD[chosen]()
         image, index = forward(flat_means, flat_sigmas, flat_amps, height, width, deterministic)
 
-    image = image.reshape(*batch_shape, height, width).to(means.dtype)
-    if return_index:
-        return image, index.reshape(*batch_shape, height, width)
-    return image
+    if len(batch_shape) != 1:
+        image, index = image.reshape(*batch_shape, height, width), index.reshape(*batch_shape, height, width)
+    image = image.to(dtype)
+    return (image, index) if return_index else image

@@ -33,7 +33,9 @@ def splat_render_reference(
 
     * ``N = 0`` gives an all-zero image and an index of ``-1`` everywhere.
     * Gradients of ``image`` flow only to the winning marker of each pixel (``means``, ``sigmas``
-      and ``amps`` of ``index[..., i, j]``), as autograd of ``torch.max`` does here.
+      and ``amps`` of ``index[..., i, j]``), as autograd of ``torch.max`` does here. The fused
+      backends give these first derivatives only: differentiating their gradient again
+      (``create_graph=True``) raises ``NotImplementedError``; this reference differentiates twice.
     * Returns ``(image [..., H, W] in the input dtype, index [..., H, W] int32)``.
 
     Fused kernels use the separability ``exp(-(dx^2 + dy^2)/2s^2) = exp(-dx^2/2s^2) * exp(-dy^2/2s^2)``

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 from typing import NamedTuple
 
 import pytest
 import torch
 
 from splatkern import splat_render, splat_render_reference
+from splatkern.checks import NO_DOUBLE_BACKWARD
 from support import (
     ALL_CASES,
     FUSED_CASES,
@@ -244,25 +246,48 @@ def test_expanded_upstream_gradient(device, backend):
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
-@pytest.mark.parametrize("device, backend, deterministic", with_modes(ALL_CASES))
-def test_gradcheck_float64(device, backend, deterministic):
-    require(device, backend)
-    # Well apart, with distinct amplitudes: no pixel's winner changes under gradcheck's perturbations.
+def separated_markers(device: str) -> list[torch.Tensor]:
+    """Three float64 markers on 7 x 8 that require grad, well apart, with distinct amplitudes: no
+    pixel's winner changes under gradcheck's perturbations."""
     means = torch.tensor([[1.2, 1.7], [5.6, 2.3], [3.1, 5.4]], dtype=torch.float64, device=device)
     sigmas = torch.tensor([0.9, 1.3, 1.1], dtype=torch.float64, device=device)
     amps = torch.tensor([0.7, 1.0, 0.85], dtype=torch.float64, device=device)
     assert clear_pixels(means, sigmas, amps, 7, 8).all()
+    return [t.requires_grad_() for t in (means, sigmas, amps)]
+
+
+@pytest.mark.parametrize("device, backend, deterministic", with_modes(ALL_CASES))
+def test_gradcheck_float64(device, backend, deterministic):
+    require(device, backend)
 
     def render(m, s, a):
         return splat_render(m, s, a, height=7, width=8, backend=backend, deterministic=deterministic)
 
-    inputs = [t.requires_grad_() for t in (means, sigmas, amps)]
+    inputs = separated_markers(device)
     # An atomic backward may add in any order: rounding-level differences between runs are allowed.
     nondet_tol = 1e-12 if backend in WITH_ATOMIC_BACKWARD and not deterministic else 0.0
     # Under the interpreter a backward call costs ~30 ms: one random projection of the Jacobian
     # (fast mode) instead of one backward call per pixel.
     assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-7, nondet_tol=nondet_tol,
                                     fast_mode=is_interpreted(device, backend))
+
+
+@pytest.mark.parametrize("device, backend", ALL_CASES)
+def test_double_backward_is_refused_by_the_fused_backends(device, backend):
+    """A fused backward has no derivative: a gradient of the gradient raises rather than being
+    silently wrong. The reference differentiates twice (gradgradcheck)."""
+    require(device, backend)
+
+    def render(m, s, a):
+        return splat_render(m, s, a, height=7, width=8, backend=backend)
+
+    inputs = separated_markers(device)
+    if backend == "reference":
+        assert torch.autograd.gradgradcheck(render, inputs, eps=1e-6, atol=1e-7)
+        return
+    (grad_means,) = torch.autograd.grad(render(*inputs).square().sum(), inputs[0], create_graph=True)
+    with pytest.raises(NotImplementedError, match=re.escape(NO_DOUBLE_BACKWARD)):
+        grad_means.sum().backward()
 
 
 @pytest.mark.parametrize("device, backend", FUSED_CASES)

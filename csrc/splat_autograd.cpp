@@ -1,0 +1,109 @@
+// Autograd for the C++ kernels, registered on the ops' Autograd key: the backward of splat_forward
+// is splat_backward, which has no derivative of its own. In C++ rather than through
+// torch.library.register_autograd, whose Python wrapper cost ~40 us of host time per
+// forward+backward (measured on this CPU at 1 marker, 4x4): more than the kernels at small sizes,
+// and most of the budget of issue 3's small-size GPU target. The Triton backend's autograd is the
+// same rule in Python (splatkern/ops.py).
+#include "splat.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+
+namespace splatkern {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// splatkern/checks.py raises the same for the Triton backend.
+constexpr const char* kNoDoubleBackward =
+    "splat_render: double backward is not supported by the fused backends (their backward has no derivative); "
+    "use backend=\"reference\" for second derivatives";
+
+at::Tensor undefined() { return {}; }
+
+const auto& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("splatkern::splat_forward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const at::Tensor&, int64_t, int64_t, bool)>();
+  return op;
+}
+
+const auto& backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("splatkern::splat_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, const at::Tensor&, bool)>();
+  return op;
+}
+
+class SplatRender : public torch::autograd::Function<SplatRender> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& means, const at::Tensor& sigmas,
+                               const at::Tensor& amps, int64_t height, int64_t width, bool deterministic) {
+    // Below the Autograd key, or this kernel would call itself.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [image, index] = forward_op().call(means, sigmas, amps, height, width, deterministic);
+    ctx->save_for_backward({means, sigmas, amps, index});
+    ctx->saved_data["deterministic"] = deterministic;
+    ctx->mark_non_differentiable({index});
+    // Otherwise autograd zero-fills a [B, H, W] int32 gradient for `index` on every backward.
+    ctx->set_materialize_grads(false);
+    return {image, index};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const at::Tensor& grad_image = grad_outputs[0];
+    if (!grad_image.defined()) {  // the image took no part in the loss
+      return {undefined(), undefined(), undefined(), undefined(), undefined(), undefined()};
+    }
+    const variable_list saved = ctx->get_saved_variables();
+    auto [grad_means, grad_sigmas, grad_amps] = backward_op().call(
+        grad_image.contiguous(), saved[0], saved[1], saved[2], saved[3], ctx->saved_data["deterministic"].toBool());
+    return {grad_means, grad_sigmas, grad_amps, undefined(), undefined(), undefined()};
+  }
+};
+
+// The backward op's own autograd: its derivative is not implemented, and without this node a
+// double backward (create_graph=True) would run and be silently wrong, with only a warning.
+class SplatRenderBackward : public torch::autograd::Function<SplatRenderBackward> {
+ public:
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_image, const at::Tensor& means,
+                               const at::Tensor& sigmas, const at::Tensor& amps, const at::Tensor& index,
+                               bool deterministic) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_means, grad_sigmas, grad_amps] = backward_op().call(grad_image, means, sigmas, amps, index, deterministic);
+    return {grad_means, grad_sigmas, grad_amps};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, kNoDoubleBackward);
+    return {};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> splat_forward_autograd(const at::Tensor& means, const at::Tensor& sigmas,
+                                                          const at::Tensor& amps, int64_t height, int64_t width,
+                                                          bool deterministic) {
+  const variable_list outputs = SplatRender::apply(means, sigmas, amps, height, width, deterministic);
+  return {outputs[0], outputs[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_autograd(const at::Tensor& grad_image,
+                                                                       const at::Tensor& means, const at::Tensor& sigmas,
+                                                                       const at::Tensor& amps, const at::Tensor& index,
+                                                                       bool deterministic) {
+  const variable_list grads = SplatRenderBackward::apply(grad_image, means, sigmas, amps, index, deterministic);
+  return {grads[0], grads[1], grads[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(splatkern, Autograd, m) {
+  m.impl("splat_forward", &splat_forward_autograd);
+  m.impl("splat_backward", &splat_backward_autograd);
+}
+
+}  // namespace splatkern
