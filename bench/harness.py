@@ -30,6 +30,7 @@ def synchronize(device: torch.device) -> None:
 class Timing:
     median_s: float  # per call
     iqr_s: float  # 75th minus 25th percentile of the per-call times of the samples
+    best_s: float  # the fastest sample's per-call time: the limit is a best case too (bench/README.md)
     samples: int  # how many samples the statistics are over
     calls_per_sample: int  # each sample times this many back-to-back calls, so it lasts >= min_sample_s
 
@@ -52,7 +53,7 @@ def time_calls(
     calls = max(1, math.ceil(min_sample_s / max(one_call, 1e-9)))
     samples = max(3, min(samples, math.floor(max_total_s / max(one_call * calls, 1e-9))))
     per_call = [_time_sample(fn, device, calls) / calls for _ in range(samples)]
-    return Timing(statistics.median(per_call), interquartile_range(per_call), samples, calls)
+    return Timing(statistics.median(per_call), interquartile_range(per_call), min(per_call), samples, calls)
 
 
 def interquartile_range(values: list[float]) -> float:

@@ -96,7 +96,7 @@ def measure(implementation: str, mode: str, point: Point, device: torch.device, 
     peak = peak_memory_bytes(fn, device)
     timing = time_calls(fn, device, min_sample_s=preset.min_sample_s, samples=preset.samples,
                         max_total_s=preset.max_case_s)
-    return {"median_s": timing.median_s, "iqr_s": timing.iqr_s, "samples": timing.samples,
+    return {"median_s": timing.median_s, "iqr_s": timing.iqr_s, "best_s": timing.best_s, "samples": timing.samples,
             "calls_per_sample": timing.calls_per_sample, "pairs_per_s": point.pairs / timing.median_s,
             "peak_bytes": peak}
 
@@ -118,6 +118,7 @@ def add_ratios(rows: dict[str, dict], limit: dict) -> None:
 def set_limit_fraction(row: dict, limit: dict) -> None:
     row["limit_s"] = limit_seconds(limit, row["batch"], row["markers"], row["height"] * row["width"], row["mode"])
     row["limit_fraction"] = row["limit_s"] / row["median_s"] if row["limit_s"] else None
+    row["limit_fraction_best"] = row["limit_s"] / row["best_s"] if row["limit_s"] else None
 
 
 def describe(row: dict) -> str:
@@ -131,7 +132,7 @@ def describe(row: dict) -> str:
         if row.get(field):
             text += f", {row[field]:7.1f}x {short}"
     if row.get("limit_fraction"):
-        text += f", {row['limit_fraction']:.1%} of limit"
+        text += f", {row['limit_fraction']:.1%} of limit (best sample {row['limit_fraction_best']:.1%})"
     return text
 
 

@@ -43,7 +43,7 @@ def test_time_calls_groups_calls_into_samples_of_the_requested_length():
     calls = []
     timing = time_calls(lambda: calls.append(None), CPU, min_sample_s=0.01, samples=4, max_total_s=10.0)
     assert timing.samples == 4 and timing.calls_per_sample > 1
-    assert timing.median_s > 0 and timing.iqr_s >= 0
+    assert timing.median_s > 0 and timing.iqr_s >= 0 and 0 < timing.best_s <= timing.median_s
     # warm-up (2) + the sizing call (1) + the samples
     assert len(calls) == 3 + timing.samples * timing.calls_per_sample
 

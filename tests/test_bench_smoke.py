@@ -59,6 +59,8 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
     assert len(limit["calibrations_pairs_per_s"]) == 2 and limit["pairs_per_s"] == max(limit["calibrations_pairs_per_s"])
     for case in cases:
         assert case["limit_fraction"] == pytest.approx(case["pairs"] / limit["pairs_per_s"] / case["median_s"])
+        assert case["limit_fraction_best"] == pytest.approx(case["pairs"] / limit["pairs_per_s"] / case["best_s"])
+        assert case["limit_fraction_best"] >= case["limit_fraction"]
     training = results["training"]
     if "skipped" in training:  # splatkern.models not available in this checkout: the reason is recorded
         assert training["skipped"]
