@@ -417,27 +417,33 @@ constexpr int64_t kPartials = 4;  // the lanes of PixelSums
 constexpr int64_t kSumBanks = 2;
 
 // The tile's pixel loop, built per ISA: 4-wide double vectors are one AVX register, two SSE2 ones.
-// cols / rows: the tile's factor tables; banks: [kSumBanks, N] zeroed sums. Returns false at the
-// first winner index outside [0, N) (a corrupted or foreign index map).
+// cols / rows: the tile's factor tables; column_parts[j] = (0, j, 0, j^2); banks: [kSumBanks, N]
+// zeroed sums, taken by alternate pixels. Returns false at the first winner index outside [0, N)
+// (a corrupted or foreign index map).
 template <typename scalar_t>
 SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_image, const int32_t* __restrict__ index,
                                             int64_t n_markers, int64_t width, int64_t row0, int64_t rows,
                                             const scalar_t* __restrict__ cols, int64_t col_stride,
                                             const scalar_t* __restrict__ row_factors, int64_t row_stride,
-                                            PixelSums* __restrict__ banks) {
+                                            const PixelSums* __restrict__ column_parts, PixelSums* __restrict__ banks) {
+  static_assert(kSumBanks == 2, "the pixel loop below alternates two banks");
   for (int64_t r = 0; r < rows; ++r) {
     const double i = double(row0 + r);
     const PixelSums row_part = {1.0, 0.0, i, i * i};
     const int64_t offset = (row0 + r) * width;
-    for (int64_t j = 0; j < width; ++j) {
+    const auto add_pixel = [&](int64_t j, PixelSums* __restrict__ bank) {
       const int32_t n = index[offset + j];
       if (static_cast<uint32_t>(n) >= static_cast<uint64_t>(n_markers)) return false;
       const scalar_t e = cols[n * col_stride + j] * row_factors[n * row_stride + r];
       const double g_e = double(grad_image[offset + j]) * double(e);
-      const double jd = double(j);
-      const PixelSums pixel = row_part + PixelSums{0.0, jd, 0.0, jd * jd};
-      banks[(j % kSumBanks) * n_markers + n] += g_e * pixel;
+      bank[n] += g_e * (row_part + column_parts[j]);
+      return true;
+    };
+    int64_t j = 0;
+    for (; j + 1 < width; j += 2) {
+      if (!add_pixel(j, banks) || !add_pixel(j + 1, banks + n_markers)) return false;
     }
+    if (j < width && !add_pixel(j, banks)) return false;
   }
   return true;
 }
@@ -446,7 +452,7 @@ SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_im
 template <typename scalar_t>
 struct BackwardScratch {
   FactorTables<scalar_t> tables;
-  AlignedVector<PixelSums> banks;
+  AlignedVector<PixelSums> banks, column_parts;
 };
 
 template <typename scalar_t>
@@ -459,8 +465,14 @@ void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scal
   // exactly the value the forward composited.
   tables.fill(means, sigmas, nullptr, n_markers, width, tile);
   banks.assign(kSumBanks * n_markers, PixelSums{});
+  AlignedVector<PixelSums>& column_parts = scratch.column_parts;
+  if (static_cast<int64_t>(column_parts.size()) != width) {  // every tile of a call has the same width
+    column_parts.resize(width);
+    for (int64_t j = 0; j < width; ++j) column_parts[j] = PixelSums{0.0, double(j), 0.0, double(j) * double(j)};
+  }
   const bool valid = sum_winner_pixels(grad_image, index, n_markers, width, tile.row0, tile.rows, tables.cols.data(),
-                                       tables.col_stride, tables.rows.data(), tables.row_stride, banks.data());
+                                       tables.col_stride, tables.rows.data(), tables.row_stride, column_parts.data(),
+                                       banks.data());
   raise_bad_index(!valid, n_markers);  // at::parallel_for rethrows it
   for (int64_t n = 0; n < n_markers; ++n) {
     PixelSums sum = banks[n];
