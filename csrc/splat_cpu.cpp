@@ -183,9 +183,9 @@ struct PixelVector {
 // The hot loop: for a vector of pixels in kRowsAtOnce rows, the running max and winner stay in
 // registers while every marker contributes one multiply, one compare and two selects per row.
 // Column vectors outside, rows inside, so a column block of the factor table stays in L1 across
-// the tile's rows. Several rows at once: one row's compare-select chain (~4 cycles a marker) is twice
-// its issue cost, so independent chains fill the gap. Four with AVX-512's 32 registers (5-15% faster
-// than two, measured at 28x28 to 128x128), two otherwise: more would spill on AVX2.
+// the tile's rows. Four rows at once: one row's compare-select chain (~4 cycles a marker) is twice
+// its issue cost, so independent chains fill the gap. Measured against two rows: 5-20% faster with
+// AVX-512, 27-32% with AVX2, 24% with SSE2; eight were no faster with AVX-512.
 // col_factors: [N, padded_width]; row_factors: [N, row_stride], of which `rows` are drawn.
 template <typename scalar_t, int64_t kBytes, int kRowsAtOnce>
 inline __attribute__((always_inline)) void composite_rows(scalar_t* __restrict__ image, int32_t* __restrict__ index,
@@ -236,11 +236,9 @@ inline __attribute__((always_inline)) void composite_tile(scalar_t* __restrict__
                                                           int64_t row_stride, int64_t rows, int64_t n_markers) {
   for (int64_t c = 0; c < width; c += PixelVector<scalar_t, kBytes>::kLanes) {
     int64_t r = 0;
-    if constexpr (kBytes == 64) {  // AVX-512
-      for (; r + 4 <= rows; r += 4) {
-        composite_rows<scalar_t, kBytes, 4>(image, index, width, c, col_factors, padded_width, row_factors,
-                                            row_stride, r, n_markers);
-      }
+    for (; r + 4 <= rows; r += 4) {
+      composite_rows<scalar_t, kBytes, 4>(image, index, width, c, col_factors, padded_width, row_factors,
+                                          row_stride, r, n_markers);
     }
     for (; r + 2 <= rows; r += 2) {
       composite_rows<scalar_t, kBytes, 2>(image, index, width, c, col_factors, padded_width, row_factors,
