@@ -450,27 +450,21 @@ SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_im
 template <typename scalar_t>
 struct BackwardScratch {
   FactorTables<scalar_t> tables;
-  AlignedVector<PixelSums> banks, column_parts;
+  AlignedVector<PixelSums> banks;
 };
 
 template <typename scalar_t>
 void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas, const int32_t* index,
-                   int64_t n_markers, int64_t width, const Tile& tile, double* partials,
-                   BackwardScratch<scalar_t>& scratch) {
+                   int64_t n_markers, int64_t width, const Tile& tile, const PixelSums* column_parts,
+                   double* partials, BackwardScratch<scalar_t>& scratch) {
   FactorTables<scalar_t>& tables = scratch.tables;
   AlignedVector<PixelSums>& banks = scratch.banks;
   // The forward's axis factors (without amp): each pixel's exp(-d^2 / 2s^2) is one multiply and
   // exactly the value the forward composited.
   tables.fill(means, sigmas, nullptr, n_markers, width, tile);
   banks.assign(kSumBanks * n_markers, PixelSums{});
-  AlignedVector<PixelSums>& column_parts = scratch.column_parts;
-  if (static_cast<int64_t>(column_parts.size()) != width) {  // every tile of a call has the same width
-    column_parts.resize(width);
-    for (int64_t j = 0; j < width; ++j) column_parts[j] = PixelSums{0.0, double(j), 0.0, double(j) * double(j)};
-  }
   const bool valid = sum_winner_pixels(grad_image, index, n_markers, width, tile.row0, tile.rows, tables.cols.data(),
-                                       tables.col_stride, tables.rows.data(), tables.row_stride, column_parts.data(),
-                                       banks.data());
+                                       tables.col_stride, tables.rows.data(), tables.row_stride, column_parts, banks.data());
   raise_bad_index(!valid, n_markers);  // at::parallel_for rethrows it
   for (int64_t n = 0; n < n_markers; ++n) {
     PixelSums sum = banks[n];
@@ -516,6 +510,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
   const Tiling tiling(batch, height, width);
   const int64_t n_items = batch * tiling.tiles_per_image;
   std::vector<double> partials(n_items * n_markers * kPartials);
+  // Each pixel's (0, j, 0, j^2), shared by every tile of the call.
+  AlignedVector<PixelSums> column_parts(width);
+  for (int64_t j = 0; j < width; ++j) column_parts[j] = PixelSums{0.0, double(j), 0.0, double(j) * double(j)};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_backward_cpu", [&] {
     const scalar_t* gi = grad_image.const_data_ptr<scalar_t>();
     const scalar_t* m = means.const_data_ptr<scalar_t>();
@@ -526,7 +523,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
       const Tile tile = tile_at(tiling, item, height);
       const int64_t b = tile.b;
       backward_tile(gi + b * height * width, m + b * n_markers * 2, s + b * n_markers, idx + b * height * width,
-                    n_markers, width, tile, partials.data() + item * n_markers * kPartials, scratch);
+                    n_markers, width, tile, column_parts.data(), partials.data() + item * n_markers * kPartials,
+                    scratch);
     });
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
     scalar_t* gs = grad_sigmas.mutable_data_ptr<scalar_t>();
