@@ -137,13 +137,36 @@ def _forward_kernel(
     )  # [1, C, 1, CS]
     dtype = means_ptr.dtype.element_ty
     flush = tl.full([], FLUSH, dtype)
-    y = rows.to(dtype)[None]
-    x = cols.to(dtype)[None]
     marker_base = b * n_markers
 
     best = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
     winner = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], tl.int32)
-    for n0 in range(0, n_markers, BLOCK_N):
+    if BLOCK_N == 1:
+        if tile == 0:  # every tile reads every marker of its image: one per image checks them
+            for n0 in range(0, n_markers, 128):
+                marker = n0 + tl.arange(0, 128)
+                live = marker < n_markers
+                _report_flaws(
+                    tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0),
+                    tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0),
+                    tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0),
+                    tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0),
+                    live, flaws_ptr,
+                )  # fmt: skip
+        y, x = rows.to(dtype), cols.to(dtype)
+        for n in range(0, n_markers):
+            mx = tl.load(means_ptr + 2 * (marker_base + n))
+            my = tl.load(means_ptr + 2 * (marker_base + n) + 1)
+            sigma = tl.load(sigmas_ptr + marker_base + n)
+            amp = tl.load(amps_ptr + marker_base + n)
+            inv_2s2 = 0.5 / (sigma * sigma)
+            col_factors = amp * _axis_factor(x - mx, inv_2s2, flush)  # [1, C, 1, CS]
+            values = _axis_factor(y - my, inv_2s2, flush) * col_factors  # [R, C, RS, CS]
+            take = values > best  # strict, over markers in increasing order: the lowest index wins ties
+            best = tl.where(take, values, best)
+            winner = tl.where(take, n, winner)
+    y, x = rows.to(dtype)[None], cols.to(dtype)[None]
+    for n0 in range(0, n_markers if BLOCK_N > 1 else 0, BLOCK_N):
         marker = n0 + tl.arange(0, BLOCK_N)[:, None, None, None, None]  # [BLOCK_N, 1, 1, 1, 1]
         live = marker < n_markers
         mx = tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0)
@@ -202,6 +225,8 @@ def _backward_kernel(
     tiles_per_image,
     FLUSH: tl.constexpr,
     BLOCK_PIX: tl.constexpr,
+    SORT: tl.constexpr,
+    WIDE_KEYS: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -220,12 +245,19 @@ def _backward_kernel(
     bad = inside & ((n < 0) | (n >= n_markers))
     any_bad = tl.max(bad.to(tl.int32))
     tl.atomic_or(bad_index_ptr, any_bad, mask=any_bad != 0)
-    # The tile's pixels sorted by winner (skipped ones last, as marker N), so that each marker's
-    # pixels are one contiguous run: the key is (winner, slot) packed in an int64.
-    n = tl.where(inside & ~bad, n, n_markers)
-    order = tl.sort((n.to(tl.int64) << 32) | slot.to(tl.int64))
-    n = (order >> 32).to(tl.int32)
-    pixel = tile * BLOCK_PIX + (order & 0xFFFFFFFF).to(tl.int32)
+    n = tl.where(inside & ~bad, n, n_markers)  # skipped pixels belong to no marker's run
+    if SORT:
+        # The tile's pixels sorted by winner (skipped ones last, as marker N), so that each marker's
+        # pixels are one contiguous run. The key is (winner, slot) packed in an int32 where
+        # (N + 1) * BLOCK_PIX fits, else in an int64 (twice the sort's work).
+        if WIDE_KEYS:
+            keys = n.to(tl.int64) * BLOCK_PIX + slot
+        else:
+            keys = n * BLOCK_PIX + slot
+        order = tl.sort(keys)
+        n = (order // BLOCK_PIX).to(tl.int32)
+        pixel = tile * BLOCK_PIX + (order % BLOCK_PIX).to(tl.int32)
+    # else the runs are those of equal winners in raster order: a marker may have several.
     live = n < n_markers
 
     g = tl.load(grad_image_ptr + pixel_base + pixel, mask=live, other=0.0)
@@ -236,8 +268,8 @@ def _backward_kernel(
 
     dx = (pixel % width).to(dtype) - mx
     dy = (pixel // width).to(dtype) - my
-    inv_s2 = 1.0 / (sigma * sigma)
-    inv_2s2 = 0.5 / (sigma * sigma)
+    inv_2s2 = 0.5 / (sigma * sigma)  # as the forward has it; the one division per pixel
+    inv_s2 = 2 * inv_2s2
     ex = dx * dx * inv_2s2
     ey = dy * dy * inv_2s2
     # The forward's product of axis factors, flushed the same way.
@@ -245,10 +277,10 @@ def _backward_kernel(
     g_e = g * e
     g_v_s2 = g_e * amp * inv_s2
 
-    # Running sums within each marker's run; a run's last slot holds the marker's total over the
-    # tile, and only it is written: one atomic (or one partials store) per marker per program.
+    # Running sums within each run; a run's last slot holds the run's total, and only it is
+    # written: one atomic (or, sorted, one partials store) per run, so per marker per program if sorted.
     _, sum_amp, sum_mx, sum_my, sum_sigma = tl.associative_scan(
-        (n, g_e, g_v_s2 * dx, g_v_s2 * dy, g_v_s2 * (dx * dx + dy * dy) / sigma), 0, _add_if_same_marker
+        (n, g_e, g_v_s2 * dx, g_v_s2 * dy, g_v_s2 * (dx * dx + dy * dy) * inv_s2 * sigma), 0, _add_if_same_marker
     )
     next_n = tl.gather(n, tl.minimum(slot + 1, BLOCK_PIX - 1), 0)
     last = live & ((next_n != n) | (slot == BLOCK_PIX - 1))
@@ -321,7 +353,12 @@ def _forward_config(height: int, width: int, n_markers: int) -> dict:
 
 def _backward_config(height: int, width: int) -> dict:
     block_pix = min(_p2(height * width), 1024)
-    return dict(BLOCK_PIX=block_pix, num_warps=min(max(block_pix // 64, 1), 16))
+    return dict(BLOCK_PIX=block_pix, SORT=True, num_warps=min(max(block_pix // 64, 1), 16))
+
+
+def _wide_keys(n_markers: int, block_pix: int) -> bool:
+    """Whether the sort's (winner, slot) keys, up to (N + 1) * BLOCK_PIX - 1, need int64."""
+    return (n_markers + 1) * block_pix > 2**31
 
 
 def _sum_partials_config(n_markers: int) -> dict:
@@ -347,10 +384,11 @@ def _check_kernel_inputs(means: torch.Tensor, height: int, width: int) -> None:
 
 
 def forward(
-    means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int
+    means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int, config: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...];
-    ValueError if a marker's values are not finite or a sigma is <= 0."""
+    ValueError if a marker's values are not finite or a sigma is <= 0. `config`: block sizes other
+    than ``_forward_config``'s (bench/triton_sweep.py times them)."""
     _check_kernel_inputs(means, height, width)
     batch, n_markers = sigmas.shape
     if n_markers == 0:
@@ -362,7 +400,7 @@ def forward(
     index = torch.empty(batch, height, width, dtype=torch.int32, device=means.device)
     if batch == 0:
         return image, index
-    config = _forward_config(height, width, n_markers)
+    config = config or _forward_config(height, width, n_markers)
     tile_rows = config["ROW_REPEATS"] * config["ROW_SPAN"]
     tile_cols = config["COL_REPEATS"] * config["COL_SPAN"]
     tiles_across = triton.cdiv(width, tile_cols)
@@ -386,8 +424,10 @@ def backward(
     amps: torch.Tensor,
     index: torch.Tensor,
     deterministic: bool,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the image w.r.t. means, sigmas and amps, each pixel's going to its winner."""
+    """Gradients of the image w.r.t. means, sigmas and amps, each pixel's going to its winner.
+    `config`: block sizes other than ``_backward_config``'s (bench/triton_sweep.py times them)."""
     height, width = grad_image.shape[1:]
     _check_kernel_inputs(means, height, width)
     if grad_image.dtype != means.dtype:
@@ -404,7 +444,9 @@ def backward(
         raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
     bad_index = torch.zeros(1, dtype=torch.int32, device=means.device)
 
-    config = _backward_config(height, width)
+    config = config or _backward_config(height, width)
+    if deterministic and not config["SORT"]:
+        raise ValueError("splat_backward: deterministic=True needs SORT: one partial sum per marker and program")
     tiles_per_image = triton.cdiv(height * width, config["BLOCK_PIX"])
     partials = means.new_zeros(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
     with _on_device(means):
@@ -412,7 +454,8 @@ def backward(
             grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(), index.contiguous(),
             grad_means, grad_sigmas, grad_amps, partials, bad_index,
             n_markers, height, width, tiles_per_image,
-            FLUSH=_flush_exponent(means.dtype), DETERMINISTIC=deterministic, **config,
+            FLUSH=_flush_exponent(means.dtype), DETERMINISTIC=deterministic,
+            **{"WIDE_KEYS": _wide_keys(n_markers, config["BLOCK_PIX"]), **config},  # a config may force int64 keys
         )  # fmt: skip
         if deterministic:
             sum_config = _sum_partials_config(n_markers)

@@ -38,10 +38,11 @@ def compile_all() -> list[dict]:
             configs = [
                 (kernels._forward_kernel, dict(FLUSH=flush, **kernels._forward_config(height, width, n_markers))),
                 *(
-                    (kernels._backward_kernel, dict(FLUSH=flush, DETERMINISTIC=deterministic,
+                    (kernels._backward_kernel, dict(FLUSH=flush, DETERMINISTIC=deterministic, WIDE_KEYS=wide_keys,
                                                     **kernels._backward_config(height, width),
                                                     **({} if deterministic else {"partials_ptr": None})))
                     for deterministic in (False, True)
+                    for wide_keys in (False, True)  # int32 keys where they fit, else int64
                 ),
                 (kernels._sum_partials_kernel, kernels._sum_partials_config(n_markers)),
             ]  # fmt: skip

@@ -1,0 +1,64 @@
+"""Every block the Triton launchers can be given computes the contract, not only the table's (which
+test_backends.py checks through splat_render): bench/triton_sweep.py times the others, and their code
+paths differ (a plain marker loop or blocks of markers; pixels sorted by winner or summed in raster
+order; int32 or int64 sort keys). Under the interpreter on CPU, and on CUDA where there is a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import TOLERANCES, assert_grads_close, clear_pixels, make_markers, random_like_image, render_with_grads, require
+
+DEVICES = [pytest.param("cpu", id="cpu-interpreter"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+HEIGHT, WIDTH = 13, 41  # not a multiple of any block
+
+FORWARD_BLOCKS = [
+    pytest.param(dict(ROW_REPEATS=8, COL_REPEATS=4, ROW_SPAN=4, COL_SPAN=8, BLOCK_N=1, num_warps=1), id="marker-loop"),
+    pytest.param(dict(ROW_REPEATS=4, COL_REPEATS=2, ROW_SPAN=8, COL_SPAN=8, BLOCK_N=2, num_warps=2), id="blocks-of-2"),
+    pytest.param(dict(ROW_REPEATS=2, COL_REPEATS=4, ROW_SPAN=4, COL_SPAN=8, BLOCK_N=8, num_warps=1), id="blocks-of-8"),
+]
+BACKWARD_BLOCKS = [
+    pytest.param(dict(BLOCK_PIX=256, SORT=False, num_warps=2), id="raster-runs"),
+    pytest.param(dict(BLOCK_PIX=128, SORT=True, num_warps=4), id="sorted"),
+    pytest.param(dict(BLOCK_PIX=256, SORT=True, WIDE_KEYS=True, num_warps=2), id="sorted-int64-keys"),
+]
+
+
+def markers(device):
+    require(device, "triton")
+    # 9 markers in blocks of 2 and 8 leave a partial last block.
+    return make_markers((3,), 9, HEIGHT, WIDTH, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", FORWARD_BLOCKS)
+def test_forward_blocks_match_reference(device, config):
+    from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only where required
+
+    means, sigmas, amps = markers(device)
+    image, index = triton_kernels.forward(means, sigmas, amps, HEIGHT, WIDTH, config)
+    ref_image, ref_index, _ = render_with_grads("reference", *(t.double() for t in (means, sigmas, amps)), HEIGHT,
+                                                WIDTH, torch.zeros(3, HEIGHT, WIDTH, dtype=torch.float64, device=device))
+    atol, rtol = TOLERANCES[torch.float32][0]
+    torch.testing.assert_close(image.double(), ref_image, atol=atol, rtol=rtol)
+    clear = clear_pixels(means, sigmas, amps, HEIGHT, WIDTH)
+    assert torch.equal(index[clear], ref_index[clear])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", BACKWARD_BLOCKS)
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_backward_blocks_match_reference(device, config, deterministic):
+    from splatkern import triton_kernels  # noqa: PLC0415
+
+    means, sigmas, amps = markers(device)
+    clear = clear_pixels(means, sigmas, amps, HEIGHT, WIDTH)
+    upstream = random_like_image(clear.shape, device=device, seed=1) * clear
+    _, ref_index, ref_grads = render_with_grads("reference", *(t.double() for t in (means, sigmas, amps)), HEIGHT,
+                                                WIDTH, upstream)
+    if deterministic and not config["SORT"]:
+        with pytest.raises(ValueError, match="deterministic=True needs SORT"):
+            triton_kernels.backward(upstream.float(), means, sigmas, amps, ref_index, deterministic, config)
+        return
+    grads = triton_kernels.backward(upstream.float(), means, sigmas, amps, ref_index, deterministic, config)
+    assert_grads_close(grads, ref_grads, torch.float32)
