@@ -35,34 +35,23 @@ from bench.harness import time_calls  # noqa: E402
 SIZES = [Point(1024, 64, 28, 28), Point(256, 256, 128, 128), Point(4096, 256, 64, 64), Point(1024, 256, 256, 256)]
 
 # Forward: (num_warps, ROW_REPEATS, COL_REPEATS); a warp's lanes cover 4 rows x 8 columns, warps
-# stacked, so the tile is (ROW_REPEATS * 4 * num_warps) x (COL_REPEATS * 8) pixels. BLOCK_N = 1 is the
-# plain marker loop; larger blocks reduce BLOCK_N markers at once, holding BLOCK_N values per pixel.
+# stacked, so the tile is (ROW_REPEATS * 4 * num_warps) x (COL_REPEATS * 8) pixels, and each thread
+# computes ROW_REPEATS + COL_REPEATS exponentials per marker for ROW_REPEATS x COL_REPEATS pixels.
 FORWARD_SHAPES = [(1, 8, 4), (2, 4, 4), (4, 2, 4), (1, 4, 4), (1, 8, 8), (2, 8, 4), (4, 4, 4), (2, 4, 8)]
-FORWARD_BLOCK_N = [1, 2, 4, 8]
-MAX_VALUES_PER_THREAD = 64  # BLOCK_N x ROW_REPEATS x COL_REPEATS beyond this spills
-# Backward: pixels per program, warps, and whether a program sorts its pixels by winner (one atomic
-# per marker) or sums runs of equal winners in raster order (one atomic per run).
+# Backward: pixels per program and warps.
 BACKWARD_PIXELS = [256, 512, 1024, 2048]
 BACKWARD_WARPS = [1, 2, 4, 8, 16]
 MAX_PIXELS_PER_THREAD = 16
 
 
 def forward_configs() -> list[dict]:
-    configs = []
-    for (warps, rows, cols), block_n in itertools.product(FORWARD_SHAPES, FORWARD_BLOCK_N):
-        if block_n > 1 and block_n * rows * cols > MAX_VALUES_PER_THREAD:
-            continue
-        configs.append(dict(ROW_REPEATS=rows, COL_REPEATS=cols, ROW_SPAN=4 * warps, COL_SPAN=8, BLOCK_N=block_n,
-                            num_warps=warps))
-    return configs
+    return [dict(ROW_REPEATS=rows, COL_REPEATS=cols, ROW_SPAN=4 * warps, COL_SPAN=8, num_warps=warps)
+            for warps, rows, cols in FORWARD_SHAPES]
 
 
 def backward_configs() -> list[dict]:
-    configs = []
-    for pixels, warps, sort in itertools.product(BACKWARD_PIXELS, BACKWARD_WARPS, (True, False)):
-        if 32 * warps <= pixels and pixels // (32 * warps) <= MAX_PIXELS_PER_THREAD:
-            configs.append(dict(BLOCK_PIX=pixels, SORT=sort, num_warps=warps))
-    return configs
+    return [dict(BLOCK_PIX=pixels, num_warps=warps) for pixels, warps in itertools.product(BACKWARD_PIXELS, BACKWARD_WARPS)
+            if 32 * warps <= pixels and pixels // (32 * warps) <= MAX_PIXELS_PER_THREAD]
 
 
 def _label(config: dict) -> str:
@@ -108,7 +97,7 @@ def sweep_point(point: Point, device: torch.device) -> dict:
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
         rows.append(row)
-    table = dict(forward=triton_kernels._forward_config(height, width, point.markers),
+    table = dict(forward=triton_kernels._forward_config(height, width, means.dtype),
                  backward=triton_kernels._backward_config(height, width))
     return dict(point=point.label(), batch=point.batch, markers=point.markers, height=height, width=width,
                 table=table, rows=rows)

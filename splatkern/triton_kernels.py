@@ -4,46 +4,51 @@
 interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which is how they are tested
 without a GPU. They take the flattened float32/float64 tensors of the op's schema.
 
-Forward: one program per (batch item, tile of pixels). It walks the markers BLOCK_N at a time; per
-block it computes the tile's column factors ``amp * g(dx)`` and row factors ``g(dy)`` (rows +
-columns exponentials: the separability of the isotropic Gaussian), forms every pixel-marker value
-with one multiply, and folds the block into a running max and int32 winner held in registers. Ties
-go to the lowest index: within a block as the smallest index among the block's maxima, across
-blocks through a strict ``>``. Axis factors whose exponent exceeds ``-0.5 * log(smallest normal)``
-are flushed to zero, as csrc/splat_cpu.cpp does. The tile is a 4-D block ``[ROW_REPEATS,
-COL_REPEATS, ROW_SPAN, COL_SPAN]``: Triton's default layout spreads lanes and warps over the last
-two dims and leaves the first two in each thread's registers, so a thread holds a 2-D patch of
-pixels whose exponentials are shared by rows x columns products (a flat 2-D tile gives each thread
-a single column, and then more exponentials than pixels).
+Forward: one program per (batch item, tile of pixels). It walks the markers one at a time; per
+marker it computes the tile's column factors ``amp * g(dx)`` and row factors ``g(dy)`` (the
+separability of the isotropic Gaussian), forms every pixel-marker value with one multiply, and keeps
+a running max and int32 winner per pixel in registers; a strict ``>`` over markers in increasing
+order gives ties to the lowest index. Axis factors whose exponent exceeds ``-0.5 * log(smallest
+normal)`` are flushed to zero, as csrc/splat_cpu.cpp does. The tile is a 4-D block ``[ROW_REPEATS,
+COL_REPEATS, ROW_SPAN, COL_SPAN]``: Triton's default layout spreads lanes and warps over the last two
+dims and leaves the first two in each thread's registers, so a thread holds a 2-D patch of pixels
+whose ROW_REPEATS + COL_REPEATS exponentials serve ROW_REPEATS x COL_REPEATS products (a flat 2-D
+tile gives each thread a single column, and then more exponentials than pixels). Each thread
+computes its own patch's factors: Triton gives no control over sharing them through shared memory, as
+the CUDA kernel does, which is why this forward needs more instructions per pair than that one.
 
 Backward: one program per (batch item, run of BLOCK_PIX pixels). The program sorts its pixels by
-winner (``tl.sort`` of ``winner << 32 | slot``), so each marker's pixels form one contiguous run; a
-segmented ``tl.associative_scan`` sums each pixel's four gradient terms within its run, and the run's
-last slot, holding the marker's total over the tile, either adds it with one atomic per won marker
-per program or, with ``deterministic=True``, writes it to a per-(program, marker) buffer that a second
-kernel sums over the runs in a fixed order (bit-identical run to run). The work is O(pixels x
-log^2 pixels) per program whatever N is; the one-hot masked sums it replaced cost O(pixels x the
-range of winners), 8x slower than the CUDA backward at N = 256 on an H100 (bench/results). Sums are
-kept in the inputs' dtype (float32 or float64).
+winner (``tl.sort`` of the key ``winner * BLOCK_PIX + slot``), so each marker's pixels form one
+contiguous run; a segmented ``tl.associative_scan`` sums each pixel's four gradient terms within its
+run, and the run's last slot, holding the marker's total over the tile, either adds it with one atomic
+per won marker per program or, with ``deterministic=True``, writes it to a per-(program, marker) buffer
+that a second kernel sums over the runs in a fixed order (bit-identical run to run). The scan's
+combine is associative only because equal winners are contiguous after the sort. The work is
+O(pixels x log^2 pixels) per program whatever N is. Sums are kept in the inputs' dtype (float32 or
+float64).
 
 Block sizes: a fixed table (``_forward_config`` and the two below it) rather than autotuning, so
 launches stay cheap and reproducible and run under the interpreter, where multi-config autotune
-fails. Not yet tuned on a GPU. ``p2(x)`` is the next power of two; "regs" are the most registers
-per thread ptxas gives them for sm_80 or sm_90, float32 / float64, with no spills
-(tests/test_triton_compile.py checks that):
+fails. The table is the fastest of bench/triton_sweep.py's candidates on an H100 at both of issue 3's
+target sizes (bench/results/NVIDIA-H100-80GB-HBM3/triton_sweep/: 16 sorting backward blocks, and 20
+forward candidates, tile shapes taking one to eight markers at a time, of which one at a time won;
+against the previous table, the forward 41.7 -> 34.4 us at B=1024, N=64, 28x28 and 546 -> 363 us at
+B=256, N=256, 128x128; the backward 73.1 -> 26.8 us and 172 -> 65.5 us). ``p2(x)`` is the next power
+of two; "regs" are the most registers per thread ptxas gives them for sm_80 or sm_90, float32 /
+float64, with no spills (tests/test_triton_compile.py checks that):
 
     ============  ==========================================  ========================================
     kernel        block                                       why
     ============  ==========================================  ========================================
-    forward       num_warps = 2; a warp's lanes cover 4 rows  at most 32 x 32 pixels per program:
-                  x 8 columns, warps stacked: an 8 x 8 span   28 x 28 is one tile; each thread holds
-                  ROW_REPEATS = min(p2(cdiv(H, 8)), 4)        up to 4 x 4 pixels, 8 exps per marker
-                  COL_REPEATS = min(p2(cdiv(W, 8)), 4)        for 16 products; 64 values per thread
-                  BLOCK_N = min(p2(N), 4)                     and block step: 127 / 250 regs
-    backward      BLOCK_PIX = min(p2(H * W), 1024)            28 x 28 is one program, so one atomic
-                  num_warps = clamp(BLOCK_PIX // 64, 1, 16)   per marker and image; 2 pixels per
-                                                              thread through the sort and scan:
-                                                              84 / 92 regs
+    forward       num_warps = 1, its lanes as 4 rows x 8      28 x 28 is one 32 x 32 tile of 8 x 4
+                  columns                                     pixels per thread; 128 x 128 tiles of
+                  ROW_REPEATS = min(p2(cdiv(H, 4)), 8)        32 x 64, 8 x 8 per thread: 16 exps for
+                  COL_REPEATS = min(p2(cdiv(W, 8)), 8)        64 products; 254 / 252 regs (8 x 8
+                  (float64: at most 4)                        doubles spill)
+    backward      BLOCK_PIX = min(p2(H * W), 256)             8 pixels per thread: the sort's stages
+                  num_warps = 1                               stay in a warp (1 to 16 warps and 256
+                                                              to 2048 pixels were 1.1-10x slower);
+                                                              128 / 238 regs (int64 keys included)
     sum partials  BLOCK_N = min(p2(N), 256), num_warps = 4    coalesced rows of the partials buffer
     ============  ==========================================  ========================================
 
@@ -70,6 +75,8 @@ from splatkern.checks import raise_bad_index, raise_marker_flaws
 
 # Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
 _PARTIALS = tl.constexpr(4)
+# Markers whose values the forward's value check reads at once.
+_FLAW_BLOCK = tl.constexpr(128)
 
 
 def _flush_exponent(dtype: torch.dtype) -> float:
@@ -117,7 +124,6 @@ def _forward_kernel(
     COL_REPEATS: tl.constexpr,
     ROW_SPAN: tl.constexpr,
     COL_SPAN: tl.constexpr,
-    BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = (pid // tiles_per_image).to(tl.int64)
@@ -139,53 +145,32 @@ def _forward_kernel(
     flush = tl.full([], FLUSH, dtype)
     marker_base = b * n_markers
 
+    if tile == 0:  # every tile reads every marker of its image: one per image checks them
+        for n0 in range(0, n_markers, _FLAW_BLOCK):
+            marker = n0 + tl.arange(0, _FLAW_BLOCK)
+            live = marker < n_markers
+            _report_flaws(
+                tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0),
+                tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0),
+                tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0),
+                tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0),
+                live, flaws_ptr,
+            )  # fmt: skip
+
+    y, x = rows.to(dtype), cols.to(dtype)
     best = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
     winner = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], tl.int32)
-    if BLOCK_N == 1:
-        if tile == 0:  # every tile reads every marker of its image: one per image checks them
-            for n0 in range(0, n_markers, 128):
-                marker = n0 + tl.arange(0, 128)
-                live = marker < n_markers
-                _report_flaws(
-                    tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0),
-                    tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0),
-                    tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0),
-                    tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0),
-                    live, flaws_ptr,
-                )  # fmt: skip
-        y, x = rows.to(dtype), cols.to(dtype)
-        for n in range(0, n_markers):
-            mx = tl.load(means_ptr + 2 * (marker_base + n))
-            my = tl.load(means_ptr + 2 * (marker_base + n) + 1)
-            sigma = tl.load(sigmas_ptr + marker_base + n)
-            amp = tl.load(amps_ptr + marker_base + n)
-            inv_2s2 = 0.5 / (sigma * sigma)
-            col_factors = amp * _axis_factor(x - mx, inv_2s2, flush)  # [1, C, 1, CS]
-            values = _axis_factor(y - my, inv_2s2, flush) * col_factors  # [R, C, RS, CS]
-            take = values > best  # strict, over markers in increasing order: the lowest index wins ties
-            best = tl.where(take, values, best)
-            winner = tl.where(take, n, winner)
-    y, x = rows.to(dtype)[None], cols.to(dtype)[None]
-    for n0 in range(0, n_markers if BLOCK_N > 1 else 0, BLOCK_N):
-        marker = n0 + tl.arange(0, BLOCK_N)[:, None, None, None, None]  # [BLOCK_N, 1, 1, 1, 1]
-        live = marker < n_markers
-        mx = tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0)
-        my = tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0)
-        sigma = tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0)
-        amp = tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0)
-        if tile == 0:  # every tile reads every marker of its image: one per image checks them
-            _report_flaws(mx, my, sigma, amp, live, flaws_ptr)
+    for n in range(0, n_markers):
+        mx = tl.load(means_ptr + 2 * (marker_base + n))
+        my = tl.load(means_ptr + 2 * (marker_base + n) + 1)
+        sigma = tl.load(sigmas_ptr + marker_base + n)
+        amp = tl.load(amps_ptr + marker_base + n)
         inv_2s2 = 0.5 / (sigma * sigma)
-        # Markers past N get -inf (row factor 1, not 0, so the product is not NaN): they never win.
-        col_factors = tl.where(live, amp * _axis_factor(x - mx, inv_2s2, flush), float("-inf"))
-        row_factors = tl.where(live, _axis_factor(y - my, inv_2s2, flush), 1.0)
-        values = row_factors * col_factors  # [BLOCK_N, R, C, RS, CS]: one multiply per pixel and marker
-        block_best = tl.max(values, axis=0)
-        # The lowest index among the block's maxima; a strict '>' lets an earlier block keep a tie.
-        block_winner = tl.min(tl.where(values == block_best[None], marker, n_markers), axis=0)
-        take = block_best > best
-        best = tl.where(take, block_best, best)
-        winner = tl.where(take, block_winner, winner)
+        col_factors = amp * _axis_factor(x - mx, inv_2s2, flush)  # [1, C, 1, CS]
+        values = _axis_factor(y - my, inv_2s2, flush) * col_factors  # [R, C, RS, CS]: one multiply per pixel
+        take = values > best  # strict, over markers in increasing order: the lowest index wins ties
+        best = tl.where(take, values, best)
+        winner = tl.where(take, n, winner)
 
     offsets = b * height * width + rows * width + cols
     inside = (rows < height) & (cols < width)
@@ -225,7 +210,6 @@ def _backward_kernel(
     tiles_per_image,
     FLUSH: tl.constexpr,
     BLOCK_PIX: tl.constexpr,
-    SORT: tl.constexpr,
     WIDE_KEYS: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
 ):
@@ -245,19 +229,17 @@ def _backward_kernel(
     bad = inside & ((n < 0) | (n >= n_markers))
     any_bad = tl.max(bad.to(tl.int32))
     tl.atomic_or(bad_index_ptr, any_bad, mask=any_bad != 0)
-    n = tl.where(inside & ~bad, n, n_markers)  # skipped pixels belong to no marker's run
-    if SORT:
-        # The tile's pixels sorted by winner (skipped ones last, as marker N), so that each marker's
-        # pixels are one contiguous run. The key is (winner, slot) packed in an int32 where
-        # (N + 1) * BLOCK_PIX fits, else in an int64 (twice the sort's work).
-        if WIDE_KEYS:
-            keys = n.to(tl.int64) * BLOCK_PIX + slot
-        else:
-            keys = n * BLOCK_PIX + slot
-        order = tl.sort(keys)
-        n = (order // BLOCK_PIX).to(tl.int32)
-        pixel = tile * BLOCK_PIX + (order % BLOCK_PIX).to(tl.int32)
-    # else the runs are those of equal winners in raster order: a marker may have several.
+    # The tile's pixels sorted by winner (skipped ones last, as marker N), so that each marker's
+    # pixels are one contiguous run. The key is (winner, slot) packed in an int32 where
+    # (N + 1) * BLOCK_PIX fits, else in an int64 (a slower sort).
+    n = tl.where(inside & ~bad, n, n_markers)
+    if WIDE_KEYS:
+        keys = n.to(tl.int64) * BLOCK_PIX + slot
+    else:
+        keys = n * BLOCK_PIX + slot
+    order = tl.sort(keys)
+    n = (order // BLOCK_PIX).to(tl.int32)
+    pixel = tile * BLOCK_PIX + (order % BLOCK_PIX).to(tl.int32)
     live = n < n_markers
 
     g = tl.load(grad_image_ptr + pixel_base + pixel, mask=live, other=0.0)
@@ -277,8 +259,8 @@ def _backward_kernel(
     g_e = g * e
     g_v_s2 = g_e * amp * inv_s2
 
-    # Running sums within each run; a run's last slot holds the run's total, and only it is
-    # written: one atomic (or, sorted, one partials store) per run, so per marker per program if sorted.
+    # Running sums within each marker's run; a run's last slot holds the marker's total over the
+    # tile, and only it is written: one atomic (or one partials store) per marker per program.
     _, sum_amp, sum_mx, sum_my, sum_sigma = tl.associative_scan(
         (n, g_e, g_v_s2 * dx, g_v_s2 * dy, g_v_s2 * (dx * dx + dy * dy) * inv_s2 * sigma), 0, _add_if_same_marker
     )
@@ -337,23 +319,19 @@ def _p2(value: int) -> int:
     return triton.next_power_of_2(value)
 
 
-def _forward_config(height: int, width: int, n_markers: int) -> dict:
-    """The forward's block sizes and warps (the table in the module docstring)."""
-    num_warps = 2
-    row_span, col_span = 4 * num_warps, 8  # a warp's lanes as 4 rows x 8 columns, warps stacked
+def _forward_config(height: int, width: int, dtype: torch.dtype) -> dict:
+    """The forward's block (the table in the module docstring)."""
     return dict(
-        ROW_REPEATS=min(_p2(triton.cdiv(height, row_span)), 4),
-        COL_REPEATS=min(_p2(triton.cdiv(width, col_span)), 4),
-        ROW_SPAN=row_span,
-        COL_SPAN=col_span,
-        BLOCK_N=min(_p2(n_markers), 4),
-        num_warps=num_warps,
+        ROW_REPEATS=min(_p2(triton.cdiv(height, 4)), 8),
+        COL_REPEATS=min(_p2(triton.cdiv(width, 8)), 8 if dtype == torch.float32 else 4),  # 8 x 8 doubles spill
+        ROW_SPAN=4,  # one warp, its lanes as 4 rows x 8 columns
+        COL_SPAN=8,
+        num_warps=1,
     )
 
 
 def _backward_config(height: int, width: int) -> dict:
-    block_pix = min(_p2(height * width), 1024)
-    return dict(BLOCK_PIX=block_pix, SORT=True, num_warps=min(max(block_pix // 64, 1), 16))
+    return dict(BLOCK_PIX=min(_p2(height * width), 256), num_warps=1)
 
 
 def _wide_keys(n_markers: int, block_pix: int) -> bool:
@@ -400,7 +378,7 @@ def forward(
     index = torch.empty(batch, height, width, dtype=torch.int32, device=means.device)
     if batch == 0:
         return image, index
-    config = config or _forward_config(height, width, n_markers)
+    config = config or _forward_config(height, width, means.dtype)
     tile_rows = config["ROW_REPEATS"] * config["ROW_SPAN"]
     tile_cols = config["COL_REPEATS"] * config["COL_SPAN"]
     tiles_across = triton.cdiv(width, tile_cols)
@@ -445,8 +423,6 @@ def backward(
     bad_index = torch.zeros(1, dtype=torch.int32, device=means.device)
 
     config = config or _backward_config(height, width)
-    if deterministic and not config["SORT"]:
-        raise ValueError("splat_backward: deterministic=True needs SORT: one partial sum per marker and program")
     tiles_per_image = triton.cdiv(height * width, config["BLOCK_PIX"])
     partials = means.new_zeros(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
     with _on_device(means):

@@ -16,8 +16,8 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-# (height, width, N): the largest blocks the launchers pick (28 x 28 and 128 x 128 images get the
-# same forward and backward blocks), and the sum kernel's largest. Small shapes only shrink blocks.
+# (height, width, N): the blocks the launchers pick for the two target sizes; 128 x 128 gets
+# the largest forward and sum-kernel blocks (larger images the same), smaller images only smaller ones.
 SHAPES = [(28, 28, 64), (128, 128, 256)]
 ARCHS = [80, 90]
 
@@ -36,7 +36,7 @@ def compile_all() -> list[dict]:
         for dtype in (torch.float32, torch.float64):
             flush = kernels._flush_exponent(dtype)
             configs = [
-                (kernels._forward_kernel, dict(FLUSH=flush, **kernels._forward_config(height, width, n_markers))),
+                (kernels._forward_kernel, dict(FLUSH=flush, **kernels._forward_config(height, width, dtype))),
                 *(
                     (kernels._backward_kernel, dict(FLUSH=flush, DETERMINISTIC=deterministic, WIDE_KEYS=wide_keys,
                                                     **kernels._backward_config(height, width),
