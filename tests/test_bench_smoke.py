@@ -77,3 +77,26 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
     for plot in PLOTS:
         with Image.open(tmp_path / plot) as image:
             assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_triton_sweep_times_and_checks_each_candidate(monkeypatch):
+    """bench/triton_sweep.py's per-size work, on CPU tensors under the interpreter with one candidate of
+    each kind (on a GPU it times graph replays): every candidate is timed and checked against the table."""
+    from support import require  # noqa: PLC0415
+
+    require("cpu", "triton")
+    from bench import triton_sweep  # noqa: PLC0415
+    from bench.cases import Point  # noqa: PLC0415
+
+    monkeypatch.setattr(triton_sweep, "FORWARD_SHAPES", [(1, 2, 2)])
+    monkeypatch.setattr(triton_sweep, "BACKWARD_PIXELS", [64])
+    monkeypatch.setattr(triton_sweep, "BACKWARD_WARPS", [1])
+    point = triton_sweep.sweep_point(Point(2, 3, 9, 12), torch.device("cpu"))
+    rows = {row["kernel"]: row for row in point["rows"]}
+    assert len(point["rows"]) == 2 and set(rows) == {"forward", "backward"}
+    assert rows["forward"]["image_equal"] and rows["forward"]["index_mismatches"] == 0
+    assert rows["backward"]["grads_max_rel_diff"] < 1e-5
+    assert all(row["median_s"] > 0 and row["best_s"] <= row["median_s"] for row in point["rows"])
+    table = triton_sweep.markdown(dict(device="cpu", torch=torch.__version__, triton="-", commit="-", points=[point]))
+    assert "| ROW_REPEATS=2 COL_REPEATS=2 ROW_SPAN=4 COL_SPAN=8 num_warps=1 |" in table
+    assert "| BLOCK_PIX=64 num_warps=1 |" in table
