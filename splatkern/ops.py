@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -78,7 +80,9 @@ def _register_fakes(forward_op: str, backward_op: str) -> None:
 # backward op, which has no derivative itself.
 
 
-def _save_for_backward(ctx, means, sigmas, amps, index, deterministic) -> None:
+def _setup_context(ctx, inputs, output) -> None:
+    means, sigmas, amps, _height, _width, deterministic = inputs
+    _image, index = output
     ctx.save_for_backward(means, sigmas, amps, index)
     ctx.deterministic = deterministic
     ctx.mark_non_differentiable(index)
@@ -99,13 +103,9 @@ def _no_double_backward(ctx, *grads):
 
 
 def _register_autograd(forward_op: str, backward_op) -> None:
-    def setup_context(ctx, inputs, output):
-        means, sigmas, amps, _height, _width, deterministic = inputs
-        _save_for_backward(ctx, means, sigmas, amps, output[1], deterministic)
-
     torch.library.register_autograd(
         forward_op, lambda ctx, grad_image, _grad_index: _forward_gradients(ctx, grad_image, backward_op),
-        setup_context=setup_context,
+        setup_context=_setup_context,
     )  # fmt: skip
     # Without it a double backward would run and be silently wrong, with only a warning.
     torch.library.register_autograd(backward_op, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
@@ -115,19 +115,43 @@ if _extension.LOAD_ERROR is None:
     _register_fakes("splatkern::splat_forward", "splatkern::splat_backward")
 
 
+# The fused kernels as callables (means, sigmas, amps, height, width, deterministic) -> (image, index)
+# and (grad_image, means, sigmas, amps, index, deterministic) -> grads, without autograd.
+
+
+def _triton_forward_kernels(means, sigmas, amps, height, width, deterministic):
+    from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only when used
+
+    return triton_kernels.forward(means, sigmas, amps, height, width)
+
+
+def _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic):
+    from splatkern import triton_kernels  # noqa: PLC0415
+
+    return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    forward: Callable
+    backward: Callable
+
+
+_TRITON_KERNELS = _Kernels(_triton_forward_kernels, _triton_backward_kernels)
+# Looked up per call: the ops exist only when the extension loaded.
+_CPP_KERNELS = _Kernels(lambda *args: torch.ops.splatkern.splat_forward(*args),
+                        lambda *args: torch.ops.splatkern.splat_backward(*args))  # fmt: skip
+
+
 # The Triton kernels as custom ops: what torch.compile sees (an opaque op with a fake kernel, so the
-# value checks' host sync stays inside it). Eager calls take the autograd.Functions below instead:
-# the same kernels and rule without torch.library's per-call Python dispatch, which cost ~65 us of
-# host time per forward+backward on this project's CPU (150 against 85 us with the kernels stubbed).
+# value checks' host sync stays inside it).
 
 
 @torch.library.custom_op("splatkern::splat_forward_triton", mutates_args=())
 def _triton_forward(
     means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int, deterministic: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only when used
-
-    return triton_kernels.forward(means, sigmas, amps, height, width)
+    return _triton_forward_kernels(means, sigmas, amps, height, width, deterministic)
 
 
 @torch.library.custom_op("splatkern::splat_backward_triton", mutates_args=())
@@ -139,21 +163,23 @@ def _triton_backward(
     index: torch.Tensor,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from splatkern import triton_kernels  # noqa: PLC0415
-
-    return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+    return _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic)
 
 
 _register_fakes("splatkern::splat_forward_triton", "splatkern::splat_backward_triton")
 _register_autograd("splatkern::splat_forward_triton", _triton_backward)
 
 
+# The same rule as Python autograd.Functions, in two forms.
+#
+# Eager Triton calls take the ctx form below: torch.library's per-call dispatch of the custom ops
+# cost ~65 us of host time per forward+backward on this project's CPU (150 against 85 us with the
+# kernels stubbed), and the setup_context form another ~90 us (Function.apply binds its arguments
+# with inspect.signature on every call when setup_context is defined).
 class _TritonBackwardEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad_image, means, sigmas, amps, index, deterministic):
-        from splatkern import triton_kernels  # noqa: PLC0415
-
-        return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+        return _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic)
 
     backward = staticmethod(_no_double_backward)
 
@@ -161,22 +187,54 @@ class _TritonBackwardEager(torch.autograd.Function):
 class _TritonRenderEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, sigmas, amps, height, width, deterministic):
-        from splatkern import triton_kernels  # noqa: PLC0415
-
-        image, index = triton_kernels.forward(means, sigmas, amps, height, width)
-        _save_for_backward(ctx, means, sigmas, amps, index, deterministic)
-        return image, index
+        output = _triton_forward_kernels(means, sigmas, amps, height, width, deterministic)
+        _setup_context(ctx, (means, sigmas, amps, height, width, deterministic), output)
+        return output
 
     @staticmethod
     def backward(ctx, grad_image, _grad_index):
         return _forward_gradients(ctx, grad_image, _TritonBackwardEager.apply)
 
 
-_FUSED_FORWARD = {
-    "cpu": lambda: torch.ops.splatkern.splat_forward,
-    "cuda": lambda: torch.ops.splatkern.splat_forward,
-    "triton": lambda: _triton_forward if torch.compiler.is_compiling() else _TritonRenderEager.apply,
-}
+# Under torch.func transforms every fused backend takes the setup_context form, the one they accept:
+# the C++ ops' own autograd (csrc/splat_autograd.cpp) is invisible to them.
+class _FusedBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(grad_image, means, sigmas, amps, index, deterministic, kernels):
+        return kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    backward = staticmethod(_no_double_backward)
+
+
+class _FusedRender(torch.autograd.Function):
+    @staticmethod
+    def forward(means, sigmas, amps, height, width, deterministic, kernels):
+        return kernels.forward(means, sigmas, amps, height, width, deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs[:-1], output)
+        ctx.kernels = inputs[-1]
+
+    @staticmethod
+    def backward(ctx, grad_image, _grad_index):
+        grads = _forward_gradients(ctx, grad_image, lambda *args: _FusedBackward.apply(*args, ctx.kernels))
+        return (*grads, None)
+
+
+def _fused_forward(backend: str) -> Callable:
+    """How splat_render calls a fused backend's forward: (means, sigmas, amps, height, width,
+    deterministic) -> (image, index), differentiable. torch.compile sees the ops themselves."""
+    if torch.compiler.is_compiling():
+        return _triton_forward if backend == "triton" else torch.ops.splatkern.splat_forward
+    if torch._C._are_functorch_transforms_active():
+        kernels = _TRITON_KERNELS if backend == "triton" else _CPP_KERNELS
+        return lambda *args: _FusedRender.apply(*args, kernels)
+    return _TritonRenderEager.apply if backend == "triton" else torch.ops.splatkern.splat_forward
 
 
 # --- the public entry -----------------------------------------------------------------------------
@@ -280,8 +338,7 @@ def splat_render(
             check_values(flat_means, flat_sigmas, flat_amps)
         image, index = splat_render_reference(flat_means, flat_sigmas, flat_amps, height, width)
     else:
-        forward = _FUSED_FORWARD[chosen]()
-        image, index = forward(flat_means, flat_sigmas, flat_amps, height, width, deterministic)
+        image, index = _fused_forward(chosen)(flat_means, flat_sigmas, flat_amps, height, width, deterministic)
 
     if len(batch_shape) != 1:
         image, index = image.reshape(*batch_shape, height, width), index.reshape(*batch_shape, height, width)
