@@ -134,16 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench/triton_sweep.py needs a CUDA device", file=sys.stderr)
         return 2
-    import subprocess  # noqa: PLC0415
-
     import triton  # noqa: PLC0415
+
+    from bench.run import git_commit  # noqa: PLC0415 - the runner's commit reading (SPLATKERN_GIT_COMMIT without .git)
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     out = args.out or REPO / "bench" / "results" / "".join(c if c.isalnum() or c in "._-" else "-" for c in name) / "triton_sweep"
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    head, dirty = git_commit()
+    commit = f"{head or 'unknown'}{' (uncommitted changes)' if dirty else ''}"
     results = dict(device=name, torch=torch.__version__, triton=triton.__version__, commit=commit, points=[])
     start = time.perf_counter()
     for point in SIZES:
