@@ -3,8 +3,9 @@
 //
 // Forward: a thread block draws one 32 x 32 pixel tile of one image. Per block of markers it
 // writes the tile's column factors amp * g(dx) and row factors g(dy) into shared memory (64
-// exponentials per marker instead of 1024), then each thread keeps the running max and winner
-// of 4 pixels with one multiply and one compare per pixel and marker.
+// exponentials per marker instead of 1024), then each of its 4 warps' threads keeps the running
+// max and winner of 8 pixels of one column with one multiply, one compare and two predicated
+// updates per pixel and marker (keep_greater).
 //
 // Backward, deterministic=false: a block takes a run of pixels of one image, sums each warp's
 // runs of equal winners with shuffles, adds those sums into per-marker accumulators in shared
@@ -59,8 +60,10 @@ __device__ __forceinline__ scalar_t axis_factor(scalar_t exponent) {
 // --- forward ------------------------------------------------------------------------------------
 
 constexpr int kTileWidth = kWarpSize;  // one column per lane
-constexpr int kRowsPerThread = 4;
-constexpr int kWarpsPerTile = 8;
+// 8 rows per thread rather than 4: the factor loads and the loop's bookkeeping then come to 1.0 of
+// its 5.0 instructions per pair (sm_90 SASS), against 1.3 of 5.3.
+constexpr int kRowsPerThread = 8;
+constexpr int kWarpsPerTile = 4;
 constexpr int kTileHeight = kWarpsPerTile * kRowsPerThread;
 constexpr int kForwardThreads = kTileWidth * kWarpsPerTile;
 // Markers whose factors are staged at once: 16 KB of shared memory for float, 32 KB for double.
@@ -91,15 +94,44 @@ __device__ __forceinline__ void report_flaws(scalar_t mx, scalar_t my, scalar_t 
   if (found) atomicOr(flaws, found);
 }
 
-// blockDim = (kTileWidth, kWarpsPerTile): lane = column in the tile, warp w owns rows 4w .. 4w + 3.
+// (best, winner) = (value, n) where value > best: strict, over markers in increasing order, so the
+// lowest index wins ties. Generic form: the compiler makes a compare and two selects of it.
+template <typename scalar_t>
+__device__ __forceinline__ void keep_greater(scalar_t value, int32_t n, int32_t /*opaque_zero*/, scalar_t& best,
+                                             int32_t& winner) {
+  if (value > best) {
+    best = value;
+    winner = n;
+  }
+}
+
+// float: the forward's inner loop, one call per marker-pixel pair. Compare and selects all issue on
+// the ALU pipe, which has half the lanes of the FP32 pipe on sm_80/sm_90 and bounded the kernel. Here
+// only the compare does: the two updates are predicated instructions of the FP32 pipe, value + (-0)
+// (exact for every value, zeros' signs included) and value_bits * 0 + n as an IMAD. Written in PTX
+// because ptxas turns predicated moves into selects; `opaque_zero` is a kernel argument the host sets
+// to 0, so ptxas cannot fold the IMAD into a move either. .ftz matches the build's --use_fast_math
+// (the products compared here are already flushed) and keeps ptxas from folding the add.
+template <>
+__device__ __forceinline__ void keep_greater<float>(float value, int32_t n, int32_t opaque_zero, float& best,
+                                                    int32_t& winner) {
+  asm("{\n\t.reg .pred greater;\n\t"
+      "setp.gt.ftz.f32 greater, %2, %0;\n\t"
+      "@greater add.ftz.f32 %0, %2, 0f80000000;\n\t"
+      "@greater mad.lo.s32 %1, %3, %4, %5;\n\t}"
+      : "+f"(best), "+r"(winner)
+      : "f"(value), "r"(__float_as_int(value)), "r"(opaque_zero), "r"(n));
+}
+
+// blockDim = (kTileWidth, kWarpsPerTile): lane = column in the tile, warp w owns rows 8w .. 8w + 7.
 // The first tile of each image also checks its markers' values into *flaws: every marker is read
 // here anyway, so the checks cost no extra pass over the inputs and no extra launch.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kForwardThreads)
     forward_kernel(const scalar_t* __restrict__ means, const scalar_t* __restrict__ sigmas,
                    const scalar_t* __restrict__ amps, int n_markers, int height, int width, int tiles_x,
-                   int tiles_per_image, scalar_t* __restrict__ image, int32_t* __restrict__ index,
-                   int32_t* __restrict__ flaws) {
+                   int tiles_per_image, int32_t opaque_zero, scalar_t* __restrict__ image,
+                   int32_t* __restrict__ index, int32_t* __restrict__ flaws) {
   __shared__ Marker<scalar_t> markers[kMarkerBlock];
   __shared__ scalar_t col_factors[kMarkerBlock][kTileWidth];
   __shared__ RowFactors<scalar_t> row_factors[kMarkerBlock][kWarpsPerTile];
@@ -133,7 +165,7 @@ __global__ void __launch_bounds__(kForwardThreads)
       markers[thread] = {mx, my, scalar_t(0.5) / (sigma * sigma), amp};
     }
     __syncthreads();
-    // Warp w fills the factors of markers w, w + 8, ...; its lanes span the tile's 32 columns and 32 rows.
+    // Warp w fills the factors of markers w, w + 4, ...; its lanes span the tile's 32 columns and 32 rows.
     for (int m = warp; m < count; m += kWarpsPerTile) {
       const Marker<scalar_t> marker = markers[m];
       const scalar_t dx = scalar_t(x0 + lane) - marker.mx, dy = scalar_t(y0 + lane) - marker.my;
@@ -147,12 +179,7 @@ __global__ void __launch_bounds__(kForwardThreads)
       const RowFactors<scalar_t> rows = row_factors[m][warp];
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) {
-        const scalar_t value = rows.of[r] * col;
-        // Strict '>' over markers in increasing order: the lowest index wins ties.
-        if (value > best[r]) {
-          best[r] = value;
-          winner[r] = m0 + m;
-        }
+        keep_greater(rows.of[r] * col, m0 + m, opaque_zero, best[r], winner[r]);
       }
     }
   }
@@ -196,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_forward_cuda", [&] {
     forward_kernel<scalar_t><<<blocks, dim3(kTileWidth, kWarpsPerTile), 0, stream>>>(
         means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(),
-        int(n_markers), int(height), int(width), int(tiles_x), int(tiles_per_image),
+        int(n_markers), int(height), int(width), int(tiles_x), int(tiles_per_image), /*opaque_zero=*/0,
         image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>(), flaws.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -1,0 +1,68 @@
+"""The built CUDA forward keeps its inner loop in the form its speed rests on, read from its SASS.
+
+Per marker-pixel pair the float forward should issue one multiply, one compare and two predicated
+updates, with no select: selects run on the ALU pipe, which has half the lanes of the FP32 pipe and
+bounded the kernel (README, "Performance (GPU)"). ptxas decides this, not the source, and turns
+predicated moves back into selects unless it is kept from it (csrc/splat_cuda.cu, keep_greater);
+this reads the extension's own machine code for each architecture it was built for, with no GPU.
+"""
+
+import importlib.util
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from splatkern import _extension
+
+INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def cuobjdump() -> Path:
+    triton = pytest.importorskip("triton", reason="cuobjdump comes with triton's NVIDIA backend")
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def forward_sass_by_arch(library: Path) -> dict[str, list[tuple[int, str, str, str]]]:
+    """{"sm_90": [(address, predicate, opcode, operands), ...]} of the float forward kernel."""
+    sass = subprocess.run([cuobjdump(), "-sass", library], capture_output=True, text=True, check=True).stdout
+    kernels, arch, name = {}, None, None
+    for line in sass.splitlines():
+        if found := re.search(r"arch = (sm_\d+)", line):
+            arch = found[1]
+        elif found := re.search(r"Function : (\S+)", line):
+            name = found[1]
+        elif name and "forward_kernelIfE" in name and (found := INSTRUCTION.search(line)):
+            kernels.setdefault(arch, []).append((int(found[1], 16), found[2] or "", found[3], found[4]))
+    return kernels
+
+
+def largest_inner_loop(instructions: list[tuple[int, str, str, str]]) -> list[tuple[int, str, str, str]]:
+    """The longest loop that holds no other: the instructions from a backward branch's target to the branch."""
+    spans = []
+    for address, _, opcode, operands in instructions:
+        if opcode == "BRA" and (target := re.search(r"0x([0-9a-f]+)", operands)) and int(target[1], 16) < address:
+            spans.append((int(target[1], 16), address))
+    inner = [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+    start, end = max(inner, key=lambda span: span[1] - span[0])
+    return [i for i in instructions if start <= i[0] <= end]
+
+
+def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
+    if "CUDA" not in _extension.KERNEL_KEYS:
+        pytest.skip("the extension was built without CUDA kernels (no nvcc or a CPU-only torch at build time)")
+    library = Path(importlib.util.find_spec("splatkern._C").origin)
+    by_arch = forward_sass_by_arch(library)
+    assert by_arch, "no float forward kernel found in the extension's SASS"
+    for arch, instructions in by_arch.items():
+        loop = largest_inner_loop(instructions)
+        opcodes = Counter(opcode.split(".")[0] for _, _, opcode, _ in loop)
+        predicated = Counter(opcode.split(".")[0] for _, predicate, opcode, _ in loop if predicate)
+        pairs = opcodes["FMUL"]
+        assert pairs >= 16, (arch, opcodes)  # the unrolled compositing loop, not the factor loop
+        assert opcodes["FSEL"] == 0 and opcodes["SEL"] == 0, (arch, opcodes)
+        assert opcodes["FSETP"] == pairs and predicated["FADD"] == pairs and predicated["IMAD"] == pairs, (arch, opcodes)
+        # bookkeeping: factor loads, loop counter, register moves
+        assert len(loop) <= 5.1 * pairs, (arch, len(loop) / pairs, opcodes)
