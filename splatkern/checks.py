@@ -1,4 +1,5 @@
-"""The value checks' errors, stated once for the Python side (csrc/splat.cpp raises the same).
+"""The value checks' errors, stated once for the Python side. csrc/splat.cpp raises the same texts
+(C++ raises them without calling into Python); tests/test_backends.py holds every backend to them word for word.
 
 The kernels check values where they read them and report a word of flaw bits (``MarkerFlaw`` in
 csrc/splat.h: bit k is ``FLAW_MESSAGES[k]``), so a call costs one host sync for its checks and no
