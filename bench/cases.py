@@ -103,7 +103,7 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     if implementation.endswith(GRAPHED):
-        return _captured(make_case(implementation.removesuffix(GRAPHED), mode, point, device))
+        return captured_in_cuda_graph(make_case(implementation.removesuffix(GRAPHED), mode, point, device))
     means, sigmas, amps = make_inputs(point, device)
     height, width = point.height, point.width
     if implementation == COMPILED:
@@ -130,9 +130,10 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
     return forward_backward
 
 
-def _captured(call: Callable[[], object]) -> Callable[[], object]:
-    """`call` captured in a CUDA graph (warmed up on a side stream first, as torch.cuda.graph asks):
-    the returned callable replays it on the same input tensors."""
+def captured_in_cuda_graph(call: Callable[[], object]) -> Callable[[], None]:
+    """`call` captured in a CUDA graph (warmed up twice on a side stream first, as torch.cuda.graph
+    asks): the returned callable replays it on the same input tensors, into the tensors the
+    capturing call returned or wrote."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

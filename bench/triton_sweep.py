@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as `python bench/triton_sweep.py`
 
 import torch  # noqa: E402
 
-from bench.cases import Point, _captured, make_inputs  # noqa: E402
+from bench.cases import Point, captured_in_cuda_graph, make_inputs  # noqa: E402
 from bench.harness import time_calls  # noqa: E402
 
 # The two target sizes first, then the large ones.
@@ -60,7 +60,7 @@ def _label(config: dict) -> str:
 
 def _time(call, device) -> dict:
     # (On CPU tensors, under the interpreter, only the smoke test calls this: no graph there.)
-    timing = time_calls(_captured(call) if device.type == "cuda" else call, device,
+    timing = time_calls(captured_in_cuda_graph(call) if device.type == "cuda" else call, device,
                         min_sample_s=0.02, samples=7, max_total_s=0.6)
     return dict(median_s=timing.median_s, best_s=timing.best_s, iqr_s=timing.iqr_s)
 

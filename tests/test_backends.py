@@ -14,6 +14,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
+from bench.cases import captured_in_cuda_graph
 from splatkern import splat_render, splat_render_reference
 from splatkern.checks import FLAW_MESSAGES, NO_DOUBLE_BACKWARD
 from support import (
@@ -535,17 +536,11 @@ def test_a_cuda_graph_replays_forward_and_backward(device, backend):
         image = splat_render(*leaves, height=20, width=24, backend=backend)
         return (image.detach(), *torch.autograd.grad(image, leaves, upstream))
 
-    side = torch.cuda.Stream()  # warm-up (kernel compilation) off the default stream, as torch.cuda.graph asks
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    outputs = []  # the capturing call's (the last one's) output tensors, which replays overwrite
+    replay = captured_in_cuda_graph(lambda: outputs.append(step()))
     with torch.no_grad():
         for leaf, value in zip(leaves, make_markers((4,), 9, 20, 24, device=device, seed=15)):
             leaf.copy_(value)
-    graph.replay()
-    for got, expected in zip(captured, step()):
+    replay()
+    for got, expected in zip(outputs[-1], step()):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
