@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, for a bare GPU machine (H100/H200 with torch, triton, nvcc and
-# pytest installed, no network): build splatkern for sm_90, run the GPU tests, run the GPU
-# benchmarks, then the quick CPU tests if time is left. Every step has a time limit, is logged,
+# pytest installed, no network): build splatkern for sm_90, check the CUDA forward's SASS, run the
+# GPU tests, run the GPU benchmarks, then the quick CPU tests if time is left. Every step has a time limit, is logged,
 # and a failure does not stop the next step. Run from anywhere:
 #
 #   bash bench/gpu_check.sh
@@ -23,7 +23,8 @@ export SPLATKERN_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
 export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton"
 
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-device_dir=$(printf '%s' "${device:-unknown-gpu}" | tr -cs 'A-Za-z0-9._-' '-' | sed 's/^-*//; s/-*$//')
+device_dir=$("$PYTHON" -c 'import sys; from bench import results_folder_name as f; print(f(sys.argv[1]))' \
+  "${device:-unknown-gpu}" || echo unknown-gpu)
 OUT_DIR="${OUT:-bench/results}/$device_dir/gpu"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
@@ -70,6 +71,8 @@ run_step build $(($(left) - 240 < 300 ? $(left) - 240 : 300)) bash -c \
   '"$PYTHON" -m pip install --no-build-isolation --no-deps -e . && ls splatkern/_C*.so ||
    "$PYTHON" setup.py build_ext --inplace'
 say "backends on cuda: $(backends)"
+# Whether this machine's ptxas kept the forward's loop in its predicated form (README, GPU section).
+run_step sass 60 "$PYTHON" -m pytest tests/test_cuda_sass.py -q -rs -p no:cacheprovider
 run_step gpu-tests $(($(left) - 150 < 240 ? $(left) - 150 : 240)) \
   "$PYTHON" -m pytest tests -m gpu "${PYTEST_ARGS[@]}"
 run_step bench $(($(left) - 15 < 300 ? $(left) - 15 : 300)) \

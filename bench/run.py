@@ -14,7 +14,6 @@ import gc
 import importlib.metadata
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` impo
 
 import torch  # noqa: E402
 
-from bench import report, training  # noqa: E402
+from bench import report, results_folder_name, training  # noqa: E402
 from bench.cases import COMPILED, GRAPHED, MODES, Point, implementations, make_case, reference_fits  # noqa: E402
 from bench.harness import cpu_memory_method, peak_memory_bytes, time_calls  # noqa: E402
 from bench.limits import describe_limit, limit_seconds, recalibrated  # noqa: E402
@@ -60,10 +59,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def git_commit() -> tuple[str | None, bool]:
@@ -176,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": [],
         "training": {"skipped": "not run yet"},
     }
-    device_folder = slug(f"cpu {name}" if device.type == "cpu" else name)
+    device_folder = results_folder_name(f"cpu {name}" if device.type == "cpu" else name)
     out_dir = args.out or REPO / "bench" / "results" / device_folder / args.preset
 
     started, errors = time.perf_counter(), 0

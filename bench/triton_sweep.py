@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as `python bench/triton_sweep.py`
 
 import torch  # noqa: E402
 
+from bench import results_folder_name  # noqa: E402
 from bench.cases import Point, captured_in_cuda_graph, make_inputs  # noqa: E402
 from bench.harness import time_calls  # noqa: E402
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
-    out = args.out or REPO / "bench" / "results" / "".join(c if c.isalnum() or c in "._-" else "-" for c in name) / "triton_sweep"
+    out = args.out or REPO / "bench" / "results" / results_folder_name(name) / "triton_sweep"
     out.mkdir(parents=True, exist_ok=True)
     head, dirty = git_commit()
     commit = f"{head or 'unknown'}{' (uncommitted changes)' if dirty else ''}"
