@@ -101,9 +101,23 @@ def _report_flaws(mx, my, sigma, amp, live, flaws_ptr):
 
 
 @triton.jit
+def _exp_neg(x):
+    """exp(-x) for a kept (unflushed) exponent x, whose result is a normal number.
+
+    float32: as exp2 of x * -log2(e), the multiply and MUFU.EX2 that tl.exp lowers to, without the
+    three instructions tl.exp adds for results below the smallest normal (sm_90 SASS), which a kept
+    exponent never gives: the same bits in 4 fewer instructions per factor. float64: tl.exp, since
+    rounding x * log2(e) would cost up to ~x ulps.
+    """
+    if x.dtype == tl.float32:
+        return tl.exp2(x * -1.4426950408889634)
+    return tl.exp(-x)
+
+
+@triton.jit
 def _axis_factor(offset, inv_2s2, flush):
     exponent = offset * offset * inv_2s2
-    return tl.where(exponent > flush, 0.0, tl.exp(-exponent))
+    return tl.where(exponent > flush, 0.0, _exp_neg(exponent))
 
 
 @triton.jit
@@ -255,7 +269,7 @@ def _backward_kernel(
     ex = dx * dx * inv_2s2
     ey = dy * dy * inv_2s2
     # The forward's product of axis factors, flushed the same way.
-    e = tl.where(tl.maximum(ex, ey) > tl.full([], FLUSH, dtype), 0.0, tl.exp(-(ex + ey)))
+    e = tl.where(tl.maximum(ex, ey) > tl.full([], FLUSH, dtype), 0.0, _exp_neg(ex + ey))
     g_e = g * e
     g_v_s2 = g_e * amp * inv_s2
 
