@@ -105,13 +105,14 @@ __device__ __forceinline__ void keep_greater(scalar_t value, int32_t n, int32_t 
   }
 }
 
-// float: the forward's inner loop, one call per marker-pixel pair. Compare and selects all issue on
-// the ALU pipe, which has half the lanes of the FP32 pipe on sm_80/sm_90 and bounded the kernel. Here
-// only the compare does: the two updates are predicated instructions of the FP32 pipe, value + (-0)
-// (exact for every value, zeros' signs included) and value_bits * 0 + n as an IMAD. Written in PTX
-// because ptxas turns predicated moves into selects; `opaque_zero` is a kernel argument the host sets
-// to 0, so ptxas cannot fold the IMAD into a move either. .ftz matches the build's --use_fast_math
-// (the products compared here are already flushed) and keeps ptxas from folding the add.
+// float: the forward's inner loop, one call per marker-pixel pair. A compare and two selects all
+// issue on the ALU pipe, which on sm_90 has half the lanes of the FP32 pipes and bounded the kernel
+// (on sm_80 the two have equal lanes and both forms cost the same). Here only the compare issues
+// there; the updates are predicated FP32-pipe instructions: value + (-0), exact for every value,
+// zeros' signs included, and value_bits * 0 + n as an IMAD. Written in PTX because ptxas turns
+// predicated moves into selects; `opaque_zero` is a kernel argument the host sets to 0, so that
+// ptxas cannot fold the IMAD into a move either. .ftz matches the build's --use_fast_math (the
+// products compared here are already flushed) and keeps ptxas from folding the add.
 template <>
 __device__ __forceinline__ void keep_greater<float>(float value, int32_t n, int32_t opaque_zero, float& best,
                                                     int32_t& winner) {
