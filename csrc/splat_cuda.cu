@@ -38,6 +38,13 @@ bool stream_is_capturing(cudaStream_t stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
+// The int32 word a kernel ORs its value-check flags into. A captured call never reads it, so it
+// is left uninitialised there: one fill kernel fewer per graph replay.
+at::Tensor flag_word(const at::Tensor& like, bool capturing) {
+  const auto options = like.options().dtype(at::kInt);
+  return capturing ? at::empty({1}, options) : at::zeros({1}, options);
+}
+
 // Grids are one-dimensional (blockIdx.x = image * tiles_per_image + tile) so the batch is not
 // limited by gridDim.y/z (65535).
 int64_t checked_grid(int64_t blocks, const char* what) {
@@ -220,7 +227,8 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
   const int64_t tiles_per_image = tiles_x * ((height + kTileHeight - 1) / kTileHeight);
   const int64_t blocks = checked_grid(batch * tiles_per_image, "the forward");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor flaws = at::zeros({1}, means.options().dtype(at::kInt));
+  const bool capturing = stream_is_capturing(stream);
+  at::Tensor flaws = flag_word(means, capturing);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_forward_cuda", [&] {
     forward_kernel<scalar_t><<<blocks, dim3(kTileWidth, kWarpsPerTile), 0, stream>>>(
         means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(),
@@ -228,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
         image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>(), flaws.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (!stream_is_capturing(stream)) raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
+  if (!capturing) raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
   return {image, index};
 }
 
@@ -469,14 +477,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
   const int64_t height = grad_image.size(1), width = grad_image.size(2), pixels = height * width;
   TORCH_CHECK_VALUE(n_markers <= std::numeric_limits<int32_t>::max() && width <= std::numeric_limits<int32_t>::max(),
                     "splat_render: N and width must each fit in int32 on CUDA");
-  at::Tensor grad_means = at::zeros_like(means);
-  at::Tensor grad_sigmas = at::zeros_like(sigmas);
-  at::Tensor grad_amps = at::zeros_like(amps);
-  if (n_markers == 0 || batch == 0 || pixels == 0) {
-    return {grad_means, grad_sigmas, grad_amps};
-  }
-  at::Tensor bad_index = at::zeros({1}, means.options().dtype(at::kInt));
+  at::Tensor grad_means = at::empty_like(means);
+  at::Tensor grad_sigmas = at::empty_like(sigmas);
+  at::Tensor grad_amps = at::empty_like(amps);
+  const bool nothing_to_add = n_markers == 0 || batch == 0 || pixels == 0;
+  // The atomic kernel adds into the gradients; the deterministic pass 2 writes every element.
+  if (!deterministic || nothing_to_add) at::_foreach_zero_({grad_means, grad_sigmas, grad_amps});  // one launch
+  if (nothing_to_add) return {grad_means, grad_sigmas, grad_amps};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool capturing = stream_is_capturing(stream);
+  at::Tensor bad_index = flag_word(means, capturing);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_backward_cuda", [&] {
     const scalar_t* gi = grad_image.const_data_ptr<scalar_t>();
     const scalar_t* m = means.const_data_ptr<scalar_t>();
@@ -512,7 +522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
     }
   });
   // One host sync, as the input checks already need: a bad winner map fails loudly, as on CPU.
-  if (!stream_is_capturing(stream)) raise_bad_index(bad_index.item<int32_t>() != 0, n_markers);  // one host sync
+  if (!capturing) raise_bad_index(bad_index.item<int32_t>() != 0, n_markers);  // one host sync
   return {grad_means, grad_sigmas, grad_amps};
 }
 
