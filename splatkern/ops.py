@@ -8,6 +8,7 @@ one backend. Value checks (finite inputs, sigmas > 0) run inside the backend's o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -42,7 +43,11 @@ def _triton_usable(device_type: str) -> bool:
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on `device` in this installation, in "auto"'s order of preference."""
-    device_type = torch.device(device).type
+    return list(_available_backends(torch.device(device).type))
+
+
+@functools.cache  # fixed for the process: the extension, triton and TRITON_INTERPRET are read at import
+def _available_backends(device_type: str) -> tuple[str, ...]:
     usable = {
         "reference": True,
         "cpu": device_type == "cpu" and "CPU" in _extension.KERNEL_KEYS,
@@ -51,7 +56,7 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     }
     order = AUTO_ORDER.get(device_type, ("reference",))
     # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
-    return [name for name in dict.fromkeys((*order, "triton")) if usable[name]]
+    return tuple(name for name in dict.fromkeys((*order, "triton")) if usable[name])
 
 
 # --- torch.library registrations: one forward/backward op pair per fused backend ------------------
@@ -279,13 +284,13 @@ def _check_arguments(means, sigmas, amps, height, width, backend) -> None:
 
 
 def _pick_backend(backend: str, device: torch.device) -> str:
-    available = available_backends(device)
+    available = _available_backends(device.type)
     if backend == "auto":
         return available[0]
     if backend not in available:
         raise ValueError(
             f"splat_render: backend {backend!r} is not available for {device.type} tensors here; "
-            f"available: {available}" + (f" (extension: {_extension.LOAD_ERROR})" if _extension.LOAD_ERROR else "")
+            f"available: {list(available)}" + (f" (extension: {_extension.LOAD_ERROR})" if _extension.LOAD_ERROR else "")
         )
     return backend
 
@@ -331,7 +336,10 @@ def splat_render(
         means = means.reshape(batch, n_markers, 2)
         sigmas, amps = sigmas.reshape(batch, n_markers), amps.reshape(batch, n_markers)
     compute_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    flat_means, flat_sigmas, flat_amps = (t.to(compute_dtype).contiguous() for t in (means, sigmas, amps))
+    # (`.to` even to the same dtype costs ~1 us of dispatch a tensor: skipped where it would do nothing)
+    flat_means, flat_sigmas, flat_amps = (
+        (t if t.dtype == compute_dtype else t.to(compute_dtype)).contiguous() for t in (means, sigmas, amps)
+    )
 
     if chosen == "reference":
         if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it (README)
@@ -342,5 +350,6 @@ def splat_render(
 
     if len(batch_shape) != 1:
         image, index = image.reshape(*batch_shape, height, width), index.reshape(*batch_shape, height, width)
-    image = image.to(dtype)
+    if image.dtype != dtype:
+        image = image.to(dtype)
     return (image, index) if return_index else image
