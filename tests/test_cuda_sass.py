@@ -64,5 +64,6 @@ def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
         assert pairs >= 16, (arch, opcodes)  # the unrolled compositing loop, not the factor loop
         assert opcodes["FSEL"] == 0 and opcodes["SEL"] == 0, (arch, opcodes)
         assert opcodes["FSETP"] == pairs and predicated["FADD"] == pairs and predicated["IMAD"] == pairs, (arch, opcodes)
-        # bookkeeping: factor loads, loop counter, register moves
-        assert len(loop) <= 5.1 * pairs, (arch, len(loop) / pairs, opcodes)
+        # The rest is factor loads, the loop counter and register moves: 0.9-1.0 per pair with 8 rows
+        # per thread (nvcc 13.0), 1.3 with 4.
+        assert len(loop) <= 5.2 * pairs, (arch, len(loop) / pairs, opcodes)
