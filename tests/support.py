@@ -1,10 +1,15 @@
 """What every backend test shares: the backends to test, random markers, the mask of pixels whose
-winner is certain, rendering with gradients, the tolerance table and the comparison with the oracle.
+winner is certain, rendering with gradients, the tolerance table and the comparison with the oracle;
+and where cuobjdump is, for the tests that read compiled GPU code.
 
 The oracle is ``splat_render_reference`` in float64 on the very (dtype-rounded) inputs the backend saw.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +177,16 @@ def assert_matches_reference(backend, means, sigmas, amps, height, width, *, cle
     assert torch.equal(index[clear], ref_index[clear])
     assert_grads_close(grads, ref_grads, dtype)
     return image, index, grads, clear
+
+
+# --- reading compiled GPU code ----------------------------------------------------------------------
+
+
+def cuobjdump_path() -> str | None:
+    """cuobjdump: the copy bundled with triton's NVIDIA backend, else the CUDA toolkit's on PATH."""
+    triton = importlib.util.find_spec("triton")
+    if triton is not None:
+        bundled = Path(triton.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if bundled.is_file():
+            return str(bundled)
+    return shutil.which("cuobjdump")

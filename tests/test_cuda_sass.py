@@ -9,7 +9,6 @@ this reads the extension's own machine code for each architecture it was built f
 
 import importlib.util
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,17 +16,13 @@ from pathlib import Path
 import pytest
 
 from splatkern import _extension
+from support import cuobjdump_path
 
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
 def cuobjdump() -> str:
-    """Triton's bundled copy, else the CUDA toolkit's."""
-    if importlib.util.find_spec("triton") is not None:
-        bundled = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        if bundled.is_file():
-            return str(bundled)
-    found = shutil.which("cuobjdump")
+    found = cuobjdump_path()
     if found is None:
         pytest.skip("no cuobjdump: neither triton's NVIDIA backend nor a CUDA toolkit on PATH")
     return found

@@ -29,8 +29,10 @@ def compile_all() -> list[dict]:
     from triton.compiler import ASTSource  # noqa: PLC0415
 
     from splatkern import triton_kernels as kernels  # noqa: PLC0415
+    from support import cuobjdump_path  # noqa: PLC0415
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    cuobjdump = cuobjdump_path()
+    assert cuobjdump is not None, "no cuobjdump beside triton's NVIDIA backend nor on PATH"
     launches = {}  # (kernel, dtype, constants) -> shape, without repeats
     for height, width, n_markers in SHAPES:
         for dtype in (torch.float32, torch.float64):
