@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, for a bare GPU machine (H100/H200 with torch, triton, nvcc and
 # pytest installed, no network): build splatkern for sm_90, check the CUDA forward's SASS, run the
-# GPU tests, run the GPU benchmarks, then the quick CPU tests if time is left. Every step has a time limit, is logged,
-# and a failure does not stop the next step. Run from anywhere:
+# GPU tests, run the GPU benchmarks, then the quick CPU tests if time is left. Every step has a time
+# limit, is logged, and a failure does not stop the next step. Run from anywhere:
 #
 #   bash bench/gpu_check.sh
 #

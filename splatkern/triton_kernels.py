@@ -106,7 +106,7 @@ def _exp_neg(x):
 
     float32: as exp2 of x * -log2(e), the multiply and MUFU.EX2 that tl.exp lowers to, without the
     three instructions tl.exp adds for results below the smallest normal (sm_90 SASS), which a kept
-    exponent never gives: the same bits in 4 fewer instructions per factor. float64: tl.exp, since
+    exponent never gives: the same bits in 3 fewer instructions per factor. float64: tl.exp, since
     rounding x * log2(e) would cost up to ~x ulps.
     """
     if x.dtype == tl.float32:

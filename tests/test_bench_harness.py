@@ -74,7 +74,6 @@ def test_gpu_limit_is_bound_by_compute_with_many_markers_and_by_bytes_with_one()
     assert limits.image_bytes(8, 4, pixels, "forward+backward") > limits.image_bytes(8, 4, pixels, "forward")
 
 
-
 def test_results_folder_name_keeps_case_and_joins_words_as_the_committed_gpu_folder():
     assert results_folder_name("NVIDIA H100 80GB HBM3") == "NVIDIA-H100-80GB-HBM3"
     assert results_folder_name("cpu Intel(R) Xeon(R) CPU @ 2.00GHz") == "cpu-Intel-R-Xeon-R-CPU-2.00GHz"
