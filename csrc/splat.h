@@ -1,6 +1,8 @@
 // Shared declarations of the splatkern op: input checks used by every C++ backend.
 #pragma once
 
+#include "splat_constants.h"
+
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 
@@ -9,15 +11,6 @@
 #include <string>
 
 namespace splatkern {
-
-// Per-axis exponents d^2 / (2 s^2) above this are flushed: their factor exp(-d^2 / (2 s^2)) would
-// fall below sqrt(smallest normal), so the product of two kept factors is a normal number and
-// no kernel ever touches denormals (up to ~100x slower on x86). The value is
-// -0.5 * log(smallest normal) = (1 - min_exponent) / 2 * ln 2: ~43.67 (float), ~354.2 (double).
-// Written without std::log so CUDA device code can use it too; every C++ backend reads it here.
-template <typename scalar_t>
-constexpr scalar_t kFlushExponent =
-    scalar_t((1 - std::numeric_limits<scalar_t>::min_exponent) / 2) * scalar_t(0.693147180559945309417232121458);
 
 // Error messages are built from plain std::string pieces. c10::str with several arguments formats
 // through a std::ostringstream compiled into this library, and on the H100 machine (torch 2.11,
@@ -36,14 +29,6 @@ template <typename... Pieces>
 std::string message(const Pieces&... pieces) {
   return (std::string() + ... + text::piece(pieces));
 }
-
-// What a value check found, one bit each; device kernels OR them into an int32 flag word.
-enum MarkerFlaw : int32_t {
-  kMeansNonfinite = 1,
-  kSigmasNonfinite = 2,
-  kSigmasNonpositive = 4,
-  kAmpsNonfinite = 8,
-};
 
 // Raises the ValueError of the first flaw set in `flaws` (an OR of MarkerFlaw bits); 0 passes.
 void raise_marker_flaws(int32_t flaws);

@@ -1,19 +1,7 @@
-// CUDA kernels of splat_forward / splat_backward (the math: splatkern/reference.py; the same
-// algorithm on CPU: splat_cpu.cpp). Launched on the current stream of the inputs' device.
-//
-// Forward: a thread block draws one 32 x 32 pixel tile of one image. Per block of markers it
-// writes the tile's column factors amp * g(dx) and row factors g(dy) into shared memory (64
-// exponentials per marker instead of 1024), then each of its 4 warps' threads keeps the running
-// max and winner of 8 pixels of one column with one multiply, one compare and two predicated
-// updates per pixel and marker (keep_greater).
-//
-// Backward, deterministic=false: a block takes a run of pixels of one image, sums each warp's
-// runs of equal winners with shuffles, adds those sums into per-marker accumulators in shared
-// memory, and issues one global atomic per marker and gradient per block.
-// Backward, deterministic=true: no atomics. Pass 1 gives each (tile, marker) partial sum to a
-// fixed set of threads that scan the tile's winner map in a fixed order; pass 2 adds a marker's
-// tile partials in tile order. The result depends on the problem shape only, never on timing.
+// The CUDA backend of splat_forward / splat_backward: checks, allocations and the launches of the
+// kernels in splat_cuda_kernels.cuh on the current stream of the inputs' device.
 #include "splat.h"
+#include "splat_cuda_kernels.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -27,8 +15,8 @@
 namespace splatkern {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullWarp = 0xffffffffu;
+using kernels::kTerms;
+using kernels::Terms;
 
 // The value checks' flag word is read back (one host sync) and raised on, except while the stream
 // is being captured into a CUDA graph, where a sync is illegal: captured calls skip the check.
@@ -54,156 +42,12 @@ int64_t checked_grid(int64_t blocks, const char* what) {
   return blocks;
 }
 
-// exp(-x): the fast hardware exponential for float (what --use_fast_math makes of expf anyway),
-// the accurate one for double.
-__device__ __forceinline__ float exp_neg(float x) { return __expf(-x); }
-__device__ __forceinline__ double exp_neg(double x) { return exp(-x); }
-
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t axis_factor(scalar_t exponent) {
-  return exponent > kFlushExponent<scalar_t> ? scalar_t(0) : exp_neg(exponent);
-}
-
-// --- forward ------------------------------------------------------------------------------------
-
-constexpr int kTileWidth = kWarpSize;  // one column per lane
-// 8 rows per thread rather than 4: the factor loads and the loop's bookkeeping then come to 1.0 of
-// its 5.0 instructions per pair (sm_90 SASS), against 1.3 of 5.3.
-constexpr int kRowsPerThread = 8;
-constexpr int kWarpsPerTile = 4;
-constexpr int kTileHeight = kWarpsPerTile * kRowsPerThread;
-constexpr int kForwardThreads = kTileWidth * kWarpsPerTile;
-// Markers whose factors are staged at once: 16 KB of shared memory for float, 32 KB for double.
-constexpr int kMarkerBlock = 64;
-static_assert(kTileHeight == kWarpSize, "each lane computes one row factor and one column factor per marker");
-
-static_assert(kMarkerBlock <= kForwardThreads, "one thread stages each marker of a block");
-
-// A marker's parameters as the factor computation needs them.
-template <typename scalar_t>
-struct Marker {
-  scalar_t mx, my, inv_2s2, amp;
-};
-
-// A thread's kRowsPerThread row factors, read with one vector load (broadcast across its warp).
-template <typename scalar_t>
-struct alignas(sizeof(scalar_t) * kRowsPerThread) RowFactors {
-  scalar_t of[kRowsPerThread];
-};
-
-// ORs into *flaws the MarkerFlaw bits of one marker's values (splat.h).
-template <typename scalar_t>
-__device__ __forceinline__ void report_flaws(scalar_t mx, scalar_t my, scalar_t sigma, scalar_t amp,
-                                             int32_t* flaws) {
-  const int32_t found = (isfinite(mx) && isfinite(my) ? 0 : kMeansNonfinite) |
-                        (isfinite(sigma) ? 0 : kSigmasNonfinite) | (sigma > scalar_t(0) ? 0 : kSigmasNonpositive) |
-                        (isfinite(amp) ? 0 : kAmpsNonfinite);
-  if (found) atomicOr(flaws, found);
-}
-
-// (best, winner) = (value, n) where value > best: strict, over markers in increasing order, so the
-// lowest index wins ties. Generic form: the compiler makes a compare and two selects of it.
-template <typename scalar_t>
-__device__ __forceinline__ void keep_greater(scalar_t value, int32_t n, int32_t /*opaque_zero*/, scalar_t& best,
-                                             int32_t& winner) {
-  if (value > best) {
-    best = value;
-    winner = n;
-  }
-}
-
-// float: the forward's inner loop, one call per marker-pixel pair. A compare and two selects all
-// issue on the ALU pipe, which on sm_90 has half the lanes of the FP32 pipes and bounded the kernel
-// (on sm_80 the two have equal lanes and both forms cost the same). Here only the compare issues
-// there; the updates are predicated FP32-pipe instructions: value + (-0), exact for every value,
-// zeros' signs included, and value_bits * 0 + n as an IMAD. Written in PTX because ptxas turns
-// predicated moves into selects; `opaque_zero` is a kernel argument the host sets to 0, so that
-// ptxas cannot fold the IMAD into a move either. .ftz matches the build's --use_fast_math (the
-// products compared here are already flushed) and keeps ptxas from folding the add.
-template <>
-__device__ __forceinline__ void keep_greater<float>(float value, int32_t n, int32_t opaque_zero, float& best,
-                                                    int32_t& winner) {
-  asm("{\n\t.reg .pred greater;\n\t"
-      "setp.gt.ftz.f32 greater, %2, %0;\n\t"
-      "@greater add.ftz.f32 %0, %2, 0f80000000;\n\t"
-      "@greater mad.lo.s32 %1, %3, %4, %5;\n\t}"
-      : "+f"(best), "+r"(winner)
-      : "f"(value), "r"(__float_as_int(value)), "r"(opaque_zero), "r"(n));
-}
-
-// blockDim = (kTileWidth, kWarpsPerTile): lane = column in the tile, warp w owns rows 8w .. 8w + 7.
-// The first tile of each image also checks its markers' values into *flaws: every marker is read
-// here anyway, so the checks cost no extra pass over the inputs and no extra launch.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kForwardThreads)
-    forward_kernel(const scalar_t* __restrict__ means, const scalar_t* __restrict__ sigmas,
-                   const scalar_t* __restrict__ amps, int n_markers, int height, int width, int tiles_x,
-                   int tiles_per_image, int32_t opaque_zero, scalar_t* __restrict__ image,
-                   int32_t* __restrict__ index, int32_t* __restrict__ flaws) {
-  __shared__ Marker<scalar_t> markers[kMarkerBlock];
-  __shared__ scalar_t col_factors[kMarkerBlock][kTileWidth];
-  __shared__ RowFactors<scalar_t> row_factors[kMarkerBlock][kWarpsPerTile];
-
-  const int64_t b = blockIdx.x / tiles_per_image;
-  const int tile = blockIdx.x % tiles_per_image;
-  const int x0 = (tile % tiles_x) * kTileWidth, y0 = (tile / tiles_x) * kTileHeight;
-  const int lane = threadIdx.x, warp = threadIdx.y, thread = warp * kTileWidth + lane;
-  means += b * n_markers * 2;
-  sigmas += b * n_markers;
-  amps += b * n_markers;
-
-  scalar_t best[kRowsPerThread];
-  int32_t winner[kRowsPerThread];
-#pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    // With finite values marker 0 always replaces this (other values raise after the kernel).
-    best[r] = -std::numeric_limits<scalar_t>::infinity();
-    winner[r] = 0;
-  }
-
-  // Two barriers per marker block suffice: a thread rewrites `markers` only after the barrier
-  // that ends everyone's factor pass, and the factor tables only after the barrier that follows
-  // everyone's composite pass of the previous block.
-  for (int m0 = 0; m0 < n_markers; m0 += kMarkerBlock) {
-    const int count = min(kMarkerBlock, n_markers - m0);
-    if (thread < count) {
-      const int n = m0 + thread;
-      const scalar_t mx = means[2 * n], my = means[2 * n + 1], sigma = sigmas[n], amp = amps[n];
-      if (tile == 0) report_flaws(mx, my, sigma, amp, flaws);
-      markers[thread] = {mx, my, scalar_t(0.5) / (sigma * sigma), amp};
-    }
-    __syncthreads();
-    // Warp w fills the factors of markers w, w + 4, ...; its lanes span the tile's 32 columns and 32 rows.
-    for (int m = warp; m < count; m += kWarpsPerTile) {
-      const Marker<scalar_t> marker = markers[m];
-      const scalar_t dx = scalar_t(x0 + lane) - marker.mx, dy = scalar_t(y0 + lane) - marker.my;
-      col_factors[m][lane] = marker.amp * axis_factor(dx * dx * marker.inv_2s2);
-      row_factors[m][lane / kRowsPerThread].of[lane % kRowsPerThread] = axis_factor(dy * dy * marker.inv_2s2);
-    }
-    __syncthreads();
-#pragma unroll 4
-    for (int m = 0; m < count; ++m) {
-      const scalar_t col = col_factors[m][lane];
-      const RowFactors<scalar_t> rows = row_factors[m][warp];
-#pragma unroll
-      for (int r = 0; r < kRowsPerThread; ++r) {
-        keep_greater(rows.of[r] * col, m0 + m, opaque_zero, best[r], winner[r]);
-      }
-    }
-  }
-
-  const int x = x0 + lane;
-  if (x >= width) return;
-  const int64_t image_offset = b * height * width;
-#pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    const int y = y0 + warp * kRowsPerThread + r;
-    if (y < height) {
-      const int64_t pixel = image_offset + int64_t(y) * width + x;
-      image[pixel] = best[r];
-      index[pixel] = winner[r];
-    }
-  }
+// Launches `kernel` on `stream`, as splat_cuda_kernels.cuh's launch_* functions ask.
+auto launcher(cudaStream_t stream) {
+  return [stream](const char* what, auto kernel, int64_t blocks, dim3 threads, auto... args) {
+    kernel<<<checked_grid(blocks, what), threads, 0, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
 }
 
 std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
@@ -223,248 +67,17 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
   at::Tensor index = at::empty({batch, height, width}, means.options().dtype(at::kInt));
   if (batch == 0) return {image, index};
 
-  const int64_t tiles_x = (width + kTileWidth - 1) / kTileWidth;
-  const int64_t tiles_per_image = tiles_x * ((height + kTileHeight - 1) / kTileHeight);
-  const int64_t blocks = checked_grid(batch * tiles_per_image, "the forward");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool capturing = stream_is_capturing(stream);
   at::Tensor flaws = flag_word(means, capturing);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks, dim3(kTileWidth, kWarpsPerTile), 0, stream>>>(
-        means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(),
-        int(n_markers), int(height), int(width), int(tiles_x), int(tiles_per_image), /*opaque_zero=*/0,
-        image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>(), flaws.mutable_data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    kernels::launch_forward(launcher(stream), means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(),
+                            amps.const_data_ptr<scalar_t>(), batch, int(n_markers), int(height), int(width),
+                            image.mutable_data_ptr<scalar_t>(), index.mutable_data_ptr<int32_t>(),
+                            flaws.mutable_data_ptr<int32_t>());
   });
   if (!capturing) raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
   return {image, index};
-}
-
-// --- backward -----------------------------------------------------------------------------------
-
-constexpr int kBackwardThreads = 256;
-// Per-marker sums over pixels: d/d amp, d/d mx and d/d my before the 1/s^2 factor, d/d sigma
-// before the 1/s^3 factor (as in splat_cpu.cpp).
-constexpr int kTerms = 4;
-
-template <typename scalar_t>
-struct Terms {
-  scalar_t of[kTerms];
-};
-
-// One pixel's terms for its winner n, with upstream gradient g. e is the forward's product of
-// axis factors, flushed the same way.
-template <typename scalar_t>
-__device__ __forceinline__ Terms<scalar_t> pixel_terms(scalar_t g, const scalar_t* means, const scalar_t* sigmas,
-                                                       const scalar_t* amps, int n, int64_t i, int64_t j) {
-  const scalar_t dx = scalar_t(j) - means[2 * n], dy = scalar_t(i) - means[2 * n + 1];
-  const scalar_t inv_2s2 = scalar_t(0.5) / (sigmas[n] * sigmas[n]);
-  const scalar_t ex = dx * dx * inv_2s2, ey = dy * dy * inv_2s2;
-  const scalar_t e = max(ex, ey) > kFlushExponent<scalar_t> ? scalar_t(0) : exp_neg(ex + ey);
-  const scalar_t g_e = g * e, g_v = g_e * amps[n];
-  return {{g_e, g_v * dx, g_v * dy, g_v * (dx * dx + dy * dy)}};
-}
-
-// Adds a marker's summed terms to its gradients, applying the 1/s^2 and 1/s^3 factors.
-// kAtomic: other blocks add to the same marker.
-template <bool kAtomic, typename scalar_t>
-__device__ __forceinline__ void add_gradients(const Terms<scalar_t>& sum, scalar_t sigma, scalar_t* grad_mean,
-                                              scalar_t* grad_sigma, scalar_t* grad_amp) {
-  const scalar_t inv_s2 = scalar_t(1) / (sigma * sigma);
-  const scalar_t values[kTerms] = {sum.of[0], sum.of[1] * inv_s2, sum.of[2] * inv_s2, sum.of[3] * inv_s2 / sigma};
-  scalar_t* targets[kTerms] = {grad_amp, grad_mean, grad_mean + 1, grad_sigma};
-#pragma unroll
-  for (int k = 0; k < kTerms; ++k) {
-    if constexpr (kAtomic) {
-      atomicAdd(targets[k], values[k]);
-    } else {
-      *targets[k] = values[k];
-    }
-  }
-}
-
-// Sums `terms` over each run of consecutive lanes with equal `key`; returns true on the run's
-// first lane, which then holds the run's total. All 32 lanes must call it together. In a
-// segmented tree: after the step of width d, lane l holds the sum over lanes [l, min(l + 2d - 1, end)].
-template <typename scalar_t>
-__device__ __forceinline__ bool sum_runs(int key, Terms<scalar_t>& terms) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int previous_key = __shfl_up_sync(kFullWarp, key, 1);
-  const unsigned heads = __ballot_sync(kFullWarp, lane == 0 || key != previous_key);
-  const unsigned later_heads = heads & ~((2u << lane) - 1u);  // lane 31: 2u << 31 == 0, no later heads
-  const int run_end = later_heads ? __ffs(later_heads) - 2 : kWarpSize - 1;
-#pragma unroll
-  for (int d = 1; d < kWarpSize; d *= 2) {
-#pragma unroll
-    for (int k = 0; k < kTerms; ++k) {
-      const scalar_t other = __shfl_down_sync(kFullWarp, terms.of[k], d);
-      if (lane + d <= run_end) terms.of[k] += other;
-    }
-  }
-  return (heads >> lane) & 1u;
-}
-
-// Markers accumulated in shared memory at once (8 KB float, 16 KB double); more are done in
-// further passes over the block's pixels.
-constexpr int kAtomicMarkerChunk = 512;
-// Pixels per block: a multiple of the warp size, so every lane of a warp runs the same number of
-// iterations (sum_runs needs all 32).
-constexpr int64_t kAtomicTilePixels = 1024;
-
-// Sets *bad_index when the winner map holds a value outside [0, n_markers) (it is then skipped).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kBackwardThreads)
-    backward_atomic_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
-                           const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
-                           const int32_t* __restrict__ index, int n_markers, int64_t pixels, int width,
-                           int64_t tile_pixels, int64_t tiles_per_image, scalar_t* __restrict__ grad_means,
-                           scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps,
-                           int32_t* __restrict__ bad_index) {
-  __shared__ Terms<scalar_t> sums[kAtomicMarkerChunk];
-
-  const int64_t b = blockIdx.x / tiles_per_image;
-  const int64_t p0 = (blockIdx.x % tiles_per_image) * tile_pixels;
-  const int64_t p_end = min(p0 + tile_pixels, pixels);
-  grad_image += b * pixels;
-  index += b * pixels;
-  means += b * n_markers * 2;
-  sigmas += b * n_markers;
-  amps += b * n_markers;
-  const int64_t bn0 = b * n_markers;
-
-  for (int c0 = 0; c0 < n_markers; c0 += kAtomicMarkerChunk) {
-    const int chunk = min(kAtomicMarkerChunk, n_markers - c0);
-    for (int m = threadIdx.x; m < chunk; m += kBackwardThreads) {
-      for (int k = 0; k < kTerms; ++k) sums[m].of[k] = scalar_t(0);
-    }
-    __syncthreads();
-    // The bound p0 + tile_pixels (not p_end) keeps all lanes of a warp in the loop together.
-    for (int64_t p = p0 + threadIdx.x; p < p0 + tile_pixels; p += kBackwardThreads) {
-      int key = -1;  // marker within the chunk, or -1: nothing to add
-      Terms<scalar_t> terms = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
-      if (p < p_end) {
-        const int n = index[p];
-        const scalar_t g = grad_image[p];
-        if (n < 0 || n >= n_markers) {
-          *bad_index = 1;
-        } else if (n >= c0 && n < c0 + chunk && g != scalar_t(0)) {
-          key = n - c0;
-          terms = pixel_terms(g, means, sigmas, amps, n, p / width, p % width);
-        }
-      }
-      if (sum_runs(key, terms) && key >= 0) {
-#pragma unroll
-        for (int k = 0; k < kTerms; ++k) atomicAdd(&sums[key].of[k], terms.of[k]);
-      }
-    }
-    __syncthreads();
-    for (int m = threadIdx.x; m < chunk; m += kBackwardThreads) {
-      const Terms<scalar_t> sum = sums[m];
-      if (sum.of[0] != scalar_t(0) || sum.of[1] != scalar_t(0) || sum.of[2] != scalar_t(0) ||
-          sum.of[3] != scalar_t(0)) {
-        const int64_t bn = bn0 + c0 + m;
-        add_gradients<true>(sum, sigmas[c0 + m], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
-      }
-    }
-    __syncthreads();  // the sums are cleared for the next chunk
-  }
-}
-
-// Deterministic pass 1. Pixels per block; their winners are staged in shared memory (8 KB).
-constexpr int kScanTilePixels = 2048;
-static_assert(kScanTilePixels % 4 == 0, "winners are read four at a time");
-
-// Each marker is given `lanes` adjacent lanes of one warp (a power of two <= 32, so that small N
-// still uses the whole block); lane s of the group scans the tile's winners 4s .. 4s + 3,
-// 4(s + lanes) .., in order, and the group's sums are combined with a fixed shuffle tree.
-// partials: [B, tiles_per_image, N, kTerms].
-template <typename scalar_t>
-__global__ void __launch_bounds__(kBackwardThreads)
-    backward_partials_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
-                             const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
-                             const int32_t* __restrict__ index, int n_markers, int64_t pixels, int width,
-                             int64_t tiles_per_image, int lanes, Terms<scalar_t>* __restrict__ partials,
-                             int32_t* __restrict__ bad_index) {
-  __shared__ int4 winners[kScanTilePixels / 4];
-  int32_t* const winner_of = reinterpret_cast<int32_t*>(winners);
-
-  const int64_t b = blockIdx.x / tiles_per_image;
-  const int64_t tile = blockIdx.x % tiles_per_image;
-  const int64_t p0 = tile * kScanTilePixels;
-  const int count = int(min(int64_t(kScanTilePixels), pixels - p0));
-  const int quads = (count + 3) / 4;
-  grad_image += b * pixels;
-  index += b * pixels;
-  means += b * n_markers * 2;
-  sigmas += b * n_markers;
-  amps += b * n_markers;
-  partials += blockIdx.x * int64_t(n_markers);
-
-  for (int k = threadIdx.x; k < quads * 4; k += kBackwardThreads) {
-    int n = -1;  // padding after the last pixel
-    if (k < count) {
-      n = index[p0 + k];
-      if (n < 0 || n >= n_markers) {
-        *bad_index = 1;
-        n = -1;
-      }
-    }
-    winner_of[k] = n;
-  }
-  __syncthreads();
-
-  const int slot = threadIdx.x / lanes, lane_in_group = threadIdx.x % lanes;
-  const int markers_per_pass = kBackwardThreads / lanes;
-  // The same trip count for every thread: the shuffles below need whole warps.
-  for (int m0 = 0; m0 < n_markers; m0 += markers_per_pass) {
-    const int n = m0 + slot;
-    Terms<scalar_t> sum = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
-    if (n < n_markers) {
-      for (int q = lane_in_group; q < quads; q += lanes) {
-        const int4 w = winners[q];
-        const int ns[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          if (ns[r] != n) continue;
-          const int64_t p = p0 + 4 * q + r;
-          const scalar_t g = grad_image[p];
-          if (g == scalar_t(0)) continue;
-          const Terms<scalar_t> terms = pixel_terms(g, means, sigmas, amps, n, p / width, p % width);
-#pragma unroll
-          for (int k = 0; k < kTerms; ++k) sum.of[k] += terms.of[k];
-        }
-      }
-    }
-    for (int offset = lanes / 2; offset > 0; offset /= 2) {
-#pragma unroll
-      for (int k = 0; k < kTerms; ++k) sum.of[k] += __shfl_xor_sync(kFullWarp, sum.of[k], offset);
-    }
-    if (n < n_markers && lane_in_group == 0) partials[n] = sum;
-  }
-}
-
-// Deterministic pass 2: one thread per marker adds its tile partials in tile order.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kBackwardThreads)
-    reduce_partials_kernel(const Terms<scalar_t>* __restrict__ partials, const scalar_t* __restrict__ sigmas,
-                           int64_t batch, int n_markers, int64_t tiles_per_image, scalar_t* __restrict__ grad_means,
-                           scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps) {
-  const int64_t bn = blockIdx.x * int64_t(kBackwardThreads) + threadIdx.x;
-  if (bn >= batch * n_markers) return;
-  const int64_t b = bn / n_markers, n = bn % n_markers;
-  Terms<scalar_t> sum = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
-  for (int64_t t = 0; t < tiles_per_image; ++t) {
-    const Terms<scalar_t> part = partials[(b * tiles_per_image + t) * n_markers + n];
-#pragma unroll
-    for (int k = 0; k < kTerms; ++k) sum.of[k] += part.of[k];
-  }
-  add_gradients<false>(sum, sigmas[bn], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
-}
-
-int lanes_per_marker(int64_t n_markers) {
-  int lanes = 1;
-  while (lanes < kWarpSize && lanes * 2 * n_markers <= kBackwardThreads) lanes *= 2;
-  return lanes;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Tensor& grad_image,
@@ -487,39 +100,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool capturing = stream_is_capturing(stream);
   at::Tensor bad_index = flag_word(means, capturing);
+  at::Tensor partials;  // the deterministic pass 1's output
+  if (deterministic) partials = at::empty({kernels::deterministic_partials(batch, pixels, n_markers), kTerms}, means.options());
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_backward_cuda", [&] {
-    const scalar_t* gi = grad_image.const_data_ptr<scalar_t>();
-    const scalar_t* m = means.const_data_ptr<scalar_t>();
-    const scalar_t* s = sigmas.const_data_ptr<scalar_t>();
-    const scalar_t* a = amps.const_data_ptr<scalar_t>();
-    const int32_t* idx = index.const_data_ptr<int32_t>();
-    scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
-    scalar_t* gs = grad_sigmas.mutable_data_ptr<scalar_t>();
-    scalar_t* ga = grad_amps.mutable_data_ptr<scalar_t>();
-    int32_t* bad = bad_index.mutable_data_ptr<int32_t>();
-    if (!deterministic) {
-      // Small images: one block per image, its pixel count rounded up to whole warps.
-      const int64_t tile_pixels = std::min(kAtomicTilePixels, (pixels + kWarpSize - 1) / kWarpSize * kWarpSize);
-      const int64_t tiles_per_image = (pixels + tile_pixels - 1) / tile_pixels;
-      const int64_t blocks = checked_grid(batch * tiles_per_image, "the backward");
-      backward_atomic_kernel<scalar_t><<<blocks, kBackwardThreads, 0, stream>>>(
-          gi, m, s, a, idx, int(n_markers), pixels, int(width), tile_pixels, tiles_per_image, gm, gs, ga, bad);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      const int64_t tiles_per_image = (pixels + kScanTilePixels - 1) / kScanTilePixels;
-      const int64_t blocks = checked_grid(batch * tiles_per_image, "the deterministic backward");
-      at::Tensor partials = at::empty({blocks, n_markers, kTerms}, means.options());
-      auto* parts = reinterpret_cast<Terms<scalar_t>*>(partials.mutable_data_ptr<scalar_t>());
-      backward_partials_kernel<scalar_t><<<blocks, kBackwardThreads, 0, stream>>>(
-          gi, m, s, a, idx, int(n_markers), pixels, int(width), tiles_per_image, lanes_per_marker(n_markers), parts,
-          bad);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t reduce_blocks =
-          checked_grid((batch * n_markers + kBackwardThreads - 1) / kBackwardThreads, "the deterministic backward");
-      reduce_partials_kernel<scalar_t><<<reduce_blocks, kBackwardThreads, 0, stream>>>(
-          parts, s, batch, int(n_markers), tiles_per_image, gm, gs, ga);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    kernels::launch_backward(launcher(stream), deterministic, grad_image.const_data_ptr<scalar_t>(),
+                             means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(),
+                             amps.const_data_ptr<scalar_t>(), index.const_data_ptr<int32_t>(), batch, int(n_markers),
+                             pixels, int(width), grad_means.mutable_data_ptr<scalar_t>(),
+                             grad_sigmas.mutable_data_ptr<scalar_t>(), grad_amps.mutable_data_ptr<scalar_t>(),
+                             deterministic ? reinterpret_cast<Terms<scalar_t>*>(partials.mutable_data_ptr<scalar_t>()) : nullptr,
+                             bad_index.mutable_data_ptr<int32_t>());
   });
   // One host sync, as the input checks already need: a bad winner map fails loudly, as on CPU.
   if (!capturing) raise_bad_index(bad_index.item<int32_t>() != 0, n_markers);  // one host sync

@@ -7,6 +7,7 @@ The oracle is ``splat_render_reference`` in float64 on the very (dtype-rounded) 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 from pathlib import Path
@@ -122,10 +123,11 @@ def clear_pixels(means, sigmas, amps, height, width):
 
 
 def render_with_grads(backend, means, sigmas, amps, height, width, upstream, **kwargs):
-    """Image, winner map, and the gradients of sum(image * upstream) w.r.t. means, sigmas, amps."""
+    """Image, winner map, and the gradients of sum(image * upstream) w.r.t. means, sigmas, amps.
+    `backend` is a splat_render backend name, or a callable with splat_render's signature."""
     leaves = [t.detach().clone().requires_grad_() for t in (means, sigmas, amps)]
-    image, index = splatkern.splat_render(*leaves, height=height, width=width, backend=backend, return_index=True,
-                                          **kwargs)
+    render = backend if callable(backend) else functools.partial(splatkern.splat_render, backend=backend)
+    image, index = render(*leaves, height=height, width=width, return_index=True, **kwargs)
     if not image.requires_grad:  # the reference's image for N = 0 does not depend on the markers
         return image, index, [torch.zeros_like(t) for t in leaves]
     grads = torch.autograd.grad(image, leaves, upstream.to(image.dtype), allow_unused=True)

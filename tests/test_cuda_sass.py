@@ -3,7 +3,7 @@
 Per marker-pixel pair the float forward should issue one multiply, one compare and two predicated
 updates, with no select: selects run on the ALU pipe, which on sm_90 has half the lanes of the FP32
 pipes and bounded the kernel (README, "Performance (GPU)"). ptxas decides this, not the source, and turns
-predicated moves back into selects unless it is kept from it (csrc/splat_cuda.cu, keep_greater);
+predicated moves back into selects unless it is kept from it (csrc/splat_cuda_kernels.cuh, keep_greater);
 this reads the extension's own machine code for each architecture it was built for, with no GPU.
 """
 

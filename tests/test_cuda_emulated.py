@@ -1,0 +1,176 @@
+"""The CUDA kernels themselves (csrc/splat_cuda_kernels.cuh), run on the CPU by tests/cuda_emulator.cpp,
+against the contract: values, winners and gradients of both backward modes, the tie rule, the flush
+cut-off, the in-kernel value and index checks. The emulator runs each block's threads as fibers that
+meet at every __syncthreads and warp shuffle, so these tests prove the kernels' indexing, tiling,
+shared memory, shuffles and atomics where there is no GPU; what they cannot prove (fast-math
+exponentials, the PTX of keep_greater<float>, timing) the GPU tests and test_cuda_sass.py cover.
+The host code around the kernels (allocation, N = 0, layout checks) is tested on a GPU only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatkern.checks import FLAW_MESSAGES
+from support import assert_matches_reference, make_markers, random_like_image
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPE_NAMES = {torch.float32: "float", torch.float64: "double"}
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> ctypes.CDLL:
+    """tests/cuda_emulator.cpp with the kernels' header, built by the host compiler (a few seconds)."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no host C++ compiler (c++ or g++ on PATH) to build the CUDA emulator")
+    library = tmp_path_factory.mktemp("cuda_emulator") / "cuda_emulator.so"
+    build = subprocess.run([compiler, "-std=c++20", "-O2", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
+                            "-I", str(ROOT / "csrc"), str(ROOT / "tests" / "cuda_emulator.cpp"), "-o", str(library)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    return ctypes.CDLL(str(library))
+
+
+def call(function, *args) -> None:
+    """Calls an entry point of the emulator: tensors pass as pointers, ints as int64."""
+    message = ctypes.create_string_buffer(2000)
+    converted = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int64(a) for a in args]
+    if function(*converted, message, ctypes.c_int(len(message))) != 0:
+        raise RuntimeError(f"CUDA emulator: {message.value.decode()}")
+
+
+class _Render(torch.autograd.Function):
+    """The CUDA op pair as splat_render runs it: forward kernel, then the backward kernels."""
+
+    @staticmethod
+    def forward(ctx, emulator, means, sigmas, amps, height, width, deterministic):
+        batch, n_markers = sigmas.shape
+        image = means.new_empty(batch, height, width)
+        index = torch.empty(batch, height, width, dtype=torch.int32)
+        flaws = torch.zeros(1, dtype=torch.int32)
+        name = DTYPE_NAMES[means.dtype]
+        call(getattr(emulator, f"forward_{name}"), means, sigmas, amps, batch, n_markers, height, width, image, index,
+             flaws)
+        if flaws.item():
+            bit = (flaws.item() & -flaws.item()).bit_length() - 1  # the lowest bit set, as raise_marker_flaws reads it
+            raise ValueError(FLAW_MESSAGES[bit])
+        ctx.mark_non_differentiable(index)
+        ctx.save_for_backward(means, sigmas, amps, index)
+        ctx.emulator, ctx.deterministic = emulator, deterministic
+        return image, index
+
+    @staticmethod
+    def backward(ctx, grad_image, _grad_index):
+        means, sigmas, amps, index = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in (means, sigmas, amps)]
+        bad_index = torch.zeros(1, dtype=torch.int32)
+        batch, n_markers = sigmas.shape
+        height, width = index.shape[1:]
+        call(getattr(ctx.emulator, f"backward_{DTYPE_NAMES[means.dtype]}"), int(ctx.deterministic),
+             grad_image.contiguous(), means, sigmas, amps, index, batch, n_markers, height, width, *grads, bad_index)
+        assert bad_index.item() == 0, "the backward kernel flagged a winner map it produced itself"
+        return None, *grads, None, None, None
+
+
+def emulated_cuda(emulator):
+    """The emulated CUDA kernels with splat_render's signature (any leading dims, N >= 1)."""
+
+    def render(means, sigmas, amps, *, height, width, return_index=False, deterministic=False):
+        batch_shape, n_markers = sigmas.shape[:-1], sigmas.shape[-1]
+        flat = (means.reshape(-1, n_markers, 2).contiguous(), sigmas.reshape(-1, n_markers).contiguous(),
+                amps.reshape(-1, n_markers).contiguous())
+        image, index = _Render.apply(emulator, *flat, height, width, deterministic)
+        image, index = image.reshape(*batch_shape, height, width), index.reshape(*batch_shape, height, width)
+        return (image, index) if return_index else image
+
+    return render
+
+
+# (leading dims, N, height, width), each cutting the kernels' blocks somewhere: forward tiles are
+# 32 x 32 pixels with 64 markers staged at a time; the atomic backward takes 1024 pixels and 512
+# markers per pass, the deterministic one 2048 pixels.
+SHAPES = [
+    ((), 7, 9, 41),  # no leading dims, one tile wide and two high... cut everywhere
+    ((2, 3), 1, 9, 20),  # one marker
+    ((2,), 64, 13, 7),  # exactly one marker block
+    ((1,), 21, 40, 36),  # 2 x 2 forward tiles
+    ((3,), 9, 1, 33),  # a single row, two tiles wide
+    ((1,), 150, 9, 41),  # three marker blocks, the last one cut
+    ((1,), 12, 70, 90),  # 3 x 3 tiles; 7 atomic and 4 deterministic backward tiles
+    ((1,), 600, 5, 7),  # two atomic marker chunks
+]
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}-N{s[1]}-{s[2]}x{s[3]}")
+def test_matches_reference(emulator, shape, dtype, deterministic):
+    batch_shape, n_markers, height, width = shape
+    means, sigmas, amps = make_markers(batch_shape, n_markers, height, width, dtype=dtype, seed=n_markers)
+    assert_matches_reference(emulated_cuda(emulator), means, sigmas, amps, height, width, deterministic=deterministic)
+
+
+def test_exact_ties_go_to_the_lowest_index(emulator):
+    """Copies of the brightest marker in its own marker block (2) and the next one (65) never win."""
+    height, width, copies = 11, 13, [2, 65]
+    means, sigmas, amps = make_markers((2,), 70, height, width, seed=3)
+    means[:, 1] = torch.tensor([6.0, 5.0])
+    sigmas[:, 1], amps[:, 1] = 2.0, 1.5
+    for n in copies:
+        means[:, n], sigmas[:, n], amps[:, n] = means[:, 1], sigmas[:, 1], amps[:, 1]
+    leaves = [t.requires_grad_() for t in (means, sigmas, amps)]
+    image, index = emulated_cuda(emulator)(*leaves, height=height, width=width, return_index=True)
+    (image * random_like_image(image.shape).float()).sum().backward()
+    assert (index == 1).sum() > 10
+    assert not torch.isin(index, torch.tensor(copies, dtype=torch.int32)).any()
+    for leaf in leaves:
+        assert (leaf.grad[:, copies] == 0).all() and (leaf.grad[:, 1] != 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_axis_factors_flush_at_the_contract_exponent(emulator, dtype):
+    """exp(-e) per axis is zero exactly when e > -0.5 log(smallest normal), forward and backward."""
+    threshold = -0.5 * math.log(torch.finfo(dtype).tiny)
+    below, above = threshold * (1 - 1e-3), threshold * (1 + 1e-3)
+    offsets = [-math.sqrt(2 * e) for e in (below, above)]
+    means = torch.tensor([[[offsets[0], 0.0]], [[offsets[1], 0.0]], [[0.0, offsets[0]]], [[0.0, offsets[1]]]], dtype=dtype)
+    amps = torch.ones(4, 1, dtype=dtype, requires_grad=True)
+    image = emulated_cuda(emulator)(means, torch.ones(4, 1, dtype=dtype), amps, height=1, width=1)
+    (grad_amps,) = torch.autograd.grad(image.sum(), amps)
+    kept = math.exp(-below)
+    assert image.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+    assert grad_amps.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+
+
+@pytest.mark.parametrize("tensor, where, value, bit", [
+    ("sigmas", (1, 70), 0.0, 2), ("sigmas", (2, 3), -1.0, 2), ("sigmas", (0, 130), math.nan, 1),
+    ("means", (2, 69, 1), math.inf, 0), ("amps", (1, 1), math.nan, 3),
+])
+def test_value_checks_see_every_image_and_marker_block(emulator, tensor, where, value, bit):
+    """The forward kernel flags a bad value of any image, in any block of 64 markers."""
+    inputs = dict(zip(("means", "sigmas", "amps"), make_markers((3,), 140, 40, 40, seed=5)))
+    inputs[tensor][where] = value
+    with pytest.raises(ValueError, match=FLAW_MESSAGES[bit].replace("(", r"\(").replace(")", r"\)")):
+        emulated_cuda(emulator)(*inputs.values(), height=40, width=40)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_backward_flags_a_winner_map_out_of_range(emulator, deterministic):
+    means, sigmas, amps = make_markers((2,), 5, 9, 41)
+    grads = [torch.zeros_like(t) for t in (means, sigmas, amps)]
+    for bad in (-1, 5):
+        index = torch.zeros(2, 9, 41, dtype=torch.int32)
+        index[1, 8, 40] = bad
+        flag = torch.zeros(1, dtype=torch.int32)
+        call(emulator.backward_float, int(deterministic), torch.ones(2, 9, 41), means, sigmas, amps, index, 2, 5, 9, 41,
+             *grads, flag)
+        assert flag.item() == 1
