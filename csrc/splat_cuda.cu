@@ -88,8 +88,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2), pixels = height * width;
-  TORCH_CHECK_VALUE(n_markers <= std::numeric_limits<int32_t>::max() && width <= std::numeric_limits<int32_t>::max(),
-                    "splat_render: N and width must each fit in int32 on CUDA");
+  TORCH_CHECK_VALUE(n_markers <= std::numeric_limits<int32_t>::max() && height <= std::numeric_limits<int32_t>::max() &&
+                        width <= std::numeric_limits<int32_t>::max(),
+                    "splat_render: N, height and width must each fit in int32 on CUDA");
   at::Tensor grad_means = at::empty_like(means);
   at::Tensor grad_sigmas = at::empty_like(sigmas);
   at::Tensor grad_amps = at::empty_like(amps);

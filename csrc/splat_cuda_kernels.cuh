@@ -8,9 +8,10 @@
 // max and winner of 8 pixels of one column with one multiply, one compare and two predicated
 // updates per pixel and marker (keep_greater).
 //
-// Backward, deterministic=false: a block takes a run of pixels of one image, sums each warp's
-// runs of equal winners with shuffles, adds those sums into per-marker accumulators in shared
-// memory, and issues one global atomic per marker and gradient per block.
+// Backward, deterministic=false: a block takes consecutive pixels of one image, 8 per thread. A
+// thread sums its pixels' runs of equal winners in registers, a warp sums the runs that go on across
+// lanes with shuffles, those sums go into per-marker accumulators in shared memory, and the block
+// issues one global atomic per marker and gradient.
 // Backward, deterministic=true: no atomics. Pass 1 gives each (tile, marker) partial sum to a
 // fixed set of threads that scan the tile's winner map in a fixed order; pass 2 adds a marker's
 // tile partials in tile order. The result depends on the problem shape only, never on timing.
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace splatkern::kernels {
@@ -52,11 +54,16 @@ static_assert(kTileHeight == kWarpSize, "each lane computes one row factor and o
 
 static_assert(kMarkerBlock <= kForwardThreads, "one thread stages each marker of a block");
 
-// A marker's parameters as the factor computation needs them.
+// A marker's parameters as the factor computations of the forward and the backward need them.
 template <typename scalar_t>
 struct Marker {
   scalar_t mx, my, inv_2s2, amp;
 };
+
+template <typename scalar_t>
+__device__ __forceinline__ Marker<scalar_t> make_marker(scalar_t mx, scalar_t my, scalar_t sigma, scalar_t amp) {
+  return {mx, my, scalar_t(0.5) / (sigma * sigma), amp};
+}
 
 // A thread's kRowsPerThread row factors, read with one vector load (broadcast across its warp).
 template <typename scalar_t>
@@ -150,7 +157,7 @@ __global__ void __launch_bounds__(kForwardThreads)
       const int n = m0 + thread;
       const scalar_t mx = means[2 * n], my = means[2 * n + 1], sigma = sigmas[n], amp = amps[n];
       if (tile == 0) report_flaws(mx, my, sigma, amp, flaws);
-      markers[thread] = {mx, my, scalar_t(0.5) / (sigma * sigma), amp};
+      markers[thread] = make_marker(mx, my, sigma, amp);
     }
     __syncthreads();
     // Warp w fills the factors of markers w, w + 4, ...; its lanes span the tile's 32 columns and 32 rows.
@@ -198,17 +205,27 @@ struct Terms {
   scalar_t of[kTerms];
 };
 
-// One pixel's terms for its winner n, with upstream gradient g. e is the forward's product of
-// axis factors, flushed the same way.
 template <typename scalar_t>
-__device__ __forceinline__ Terms<scalar_t> pixel_terms(scalar_t g, const scalar_t* means, const scalar_t* sigmas,
-                                                       const scalar_t* amps, int n, int64_t i, int64_t j) {
-  const scalar_t dx = scalar_t(j) - means[2 * n], dy = scalar_t(i) - means[2 * n + 1];
-  const scalar_t inv_2s2 = scalar_t(0.5) / (sigmas[n] * sigmas[n]);
-  const scalar_t ex = dx * dx * inv_2s2, ey = dy * dy * inv_2s2;
+__device__ __forceinline__ Marker<scalar_t> marker_at(const scalar_t* means, const scalar_t* sigmas,
+                                                      const scalar_t* amps, int n) {
+  return make_marker(means[2 * n], means[2 * n + 1], sigmas[n], amps[n]);
+}
+
+// The terms of pixel (i, j), won by `marker`, with upstream gradient g. e is the forward's product
+// of axis factors, flushed the same way.
+template <typename scalar_t>
+__device__ __forceinline__ Terms<scalar_t> pixel_terms(scalar_t g, const Marker<scalar_t>& marker, int i, int j) {
+  const scalar_t dx = scalar_t(j) - marker.mx, dy = scalar_t(i) - marker.my;
+  const scalar_t ex = dx * dx * marker.inv_2s2, ey = dy * dy * marker.inv_2s2;
   const scalar_t e = max(ex, ey) > kFlushExponent<scalar_t> ? scalar_t(0) : exp_neg(ex + ey);
-  const scalar_t g_e = g * e, g_v = g_e * amps[n];
+  const scalar_t g_e = g * e, g_v = g_e * marker.amp;
   return {{g_e, g_v * dx, g_v * dy, g_v * (dx * dx + dy * dy)}};
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void accumulate(Terms<scalar_t>& sum, const Terms<scalar_t>& terms) {
+#pragma unroll
+  for (int k = 0; k < kTerms; ++k) sum.of[k] += terms.of[k];
 }
 
 // Adds a marker's summed terms to its gradients, applying the 1/s^2 and 1/s^3 factors.
@@ -250,61 +267,115 @@ __device__ __forceinline__ bool sum_runs(int key, Terms<scalar_t>& terms) {
   return (heads >> lane) & 1u;
 }
 
-// Markers accumulated in shared memory at once (8 KB float, 16 KB double); more are done in
-// further passes over the block's pixels.
+// Markers staged and accumulated in shared memory at once (16 KB float, 32 KB double); more are done
+// in further passes over the block's pixels.
 constexpr int kAtomicMarkerChunk = 512;
-// Pixels per block: a multiple of the warp size, so every lane of a warp runs the same number of
-// iterations (sum_runs needs all 32).
-constexpr int64_t kAtomicTilePixels = 1024;
+// Consecutive pixels (in raster order) each thread of the atomic backward takes. A winner covers
+// runs of neighbouring pixels, so a thread mostly sums one run in registers, and the warp's
+// shuffle sum (sum_runs, 21 shuffles) is paid once per 8 pixels instead of once per pixel.
+constexpr int kPixelsPerThread = 8;
 
-// Sets *bad_index when the winner map holds a value outside [0, n_markers) (it is then skipped).
+// A thread's kPixelsPerThread pixels of a [B, H, W] tensor from `from`: with four 16-byte loads
+// where `vector` (the host checked the alignment; then pixels % 4 == 0, so a thread has all 8 or
+// none), else one element at a time, `fill` past the end.
+template <typename T>
+__device__ __forceinline__ void load_pixels(const T* from, int count, bool vector, T fill,
+                                            T (&to)[kPixelsPerThread]) {
+  if (vector && count == kPixelsPerThread) {
+    constexpr int kPerChunk = sizeof(int4) / sizeof(T);
+#pragma unroll
+    for (int c = 0; c < kPixelsPerThread / kPerChunk; ++c) {
+      const int4 chunk = reinterpret_cast<const int4*>(from)[c];
+      memcpy(&to[c * kPerChunk], &chunk, sizeof(int4));
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPixelsPerThread; ++k) to[k] = k < count ? from[k] : fill;
+  }
+}
+
+// Adds a thread's summed terms of the marker `slot` (within the chunk) to the block's sums.
+template <typename scalar_t>
+__device__ __forceinline__ void add_to_block(Terms<scalar_t>* sums, int slot, const Terms<scalar_t>& terms) {
+#pragma unroll
+  for (int k = 0; k < kTerms; ++k) atomicAdd(&sums[slot].of[k], terms.of[k]);
+}
+
+// A block of blockDim.x threads takes blockDim.x * kPixelsPerThread consecutive pixels of one image.
+// Each thread sums the terms of its pixels' runs of equal winners in registers, adds each finished
+// run to the block's per-marker sums in shared memory, and hands the run still open at its last
+// pixel, which may go on in the next lanes, to sum_runs. Then one global atomic per marker and
+// gradient per block. Sets *bad_index when the winner map holds a value outside [0, n_markers)
+// (it is then skipped).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBackwardThreads)
     backward_atomic_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
                            const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
                            const int32_t* __restrict__ index, int n_markers, int64_t pixels, int width,
-                           int64_t tile_pixels, int64_t tiles_per_image, scalar_t* __restrict__ grad_means,
+                           int64_t tiles_per_image, bool vector_loads, scalar_t* __restrict__ grad_means,
                            scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps,
                            int32_t* __restrict__ bad_index) {
   __shared__ Terms<scalar_t> sums[kAtomicMarkerChunk];
+  __shared__ Marker<scalar_t> markers[kAtomicMarkerChunk];
+  const int threads = blockDim.x;
 
   const int64_t b = blockIdx.x / tiles_per_image;
-  const int64_t p0 = (blockIdx.x % tiles_per_image) * tile_pixels;
-  const int64_t p_end = min(p0 + tile_pixels, pixels);
-  grad_image += b * pixels;
-  index += b * pixels;
+  const int64_t first = (blockIdx.x % tiles_per_image) * threads * kPixelsPerThread + threadIdx.x * kPixelsPerThread;
+  const int count = int(max(int64_t(0), min(int64_t(kPixelsPerThread), pixels - first)));
   means += b * n_markers * 2;
   sigmas += b * n_markers;
   amps += b * n_markers;
   const int64_t bn0 = b * n_markers;
 
+  // The thread's pixels, read once for all marker chunks; -1: nothing to add.
+  int32_t winners[kPixelsPerThread];
+  scalar_t upstream[kPixelsPerThread];
+  const int64_t offset = b * pixels + (count > 0 ? first : 0);  // never past the tensors
+  load_pixels(index + offset, count, vector_loads, int32_t(-1), winners);
+  load_pixels(grad_image + offset, count, vector_loads, scalar_t(0), upstream);
+#pragma unroll
+  for (int k = 0; k < kPixelsPerThread; ++k) {
+    if (k < count && (winners[k] < 0 || winners[k] >= n_markers)) {
+      *bad_index = 1;
+      winners[k] = -1;
+    }
+    if (upstream[k] == scalar_t(0)) winners[k] = -1;
+  }
+  const int first_row = count > 0 ? int(first / width) : 0;
+  const int first_column = count > 0 ? int(first % width) : 0;
+
   for (int c0 = 0; c0 < n_markers; c0 += kAtomicMarkerChunk) {
     const int chunk = min(kAtomicMarkerChunk, n_markers - c0);
-    for (int m = threadIdx.x; m < chunk; m += kBackwardThreads) {
-      for (int k = 0; k < kTerms; ++k) sums[m].of[k] = scalar_t(0);
+    for (int m = threadIdx.x; m < chunk; m += threads) {
+      sums[m] = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
+      markers[m] = marker_at(means, sigmas, amps, c0 + m);
     }
     __syncthreads();
-    // The bound p0 + tile_pixels (not p_end) keeps all lanes of a warp in the loop together.
-    for (int64_t p = p0 + threadIdx.x; p < p0 + tile_pixels; p += kBackwardThreads) {
-      int key = -1;  // marker within the chunk, or -1: nothing to add
-      Terms<scalar_t> terms = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
-      if (p < p_end) {
-        const int n = index[p];
-        const scalar_t g = grad_image[p];
-        if (n < 0 || n >= n_markers) {
-          *bad_index = 1;
-        } else if (n >= c0 && n < c0 + chunk && g != scalar_t(0)) {
-          key = n - c0;
-          terms = pixel_terms(g, means, sigmas, amps, n, p / width, p % width);
-        }
-      }
-      if (sum_runs(key, terms) && key >= 0) {
+    int open = -1;  // the marker (within the chunk) of the run being summed
+    Terms<scalar_t> run = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
+    Marker<scalar_t> marker{};
+    int i = first_row;
+    int j = first_column;
 #pragma unroll
-        for (int k = 0; k < kTerms; ++k) atomicAdd(&sums[key].of[k], terms.of[k]);
+    for (int k = 0; k < kPixelsPerThread; ++k) {
+      const int slot = winners[k] - c0;
+      if (slot >= 0 && slot < chunk) {  // winners[k] == -1 gives a slot < 0
+        if (slot != open) {
+          if (open >= 0) add_to_block(sums, open, run);
+          open = slot;
+          run = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
+          marker = markers[slot];
+        }
+        accumulate(run, pixel_terms(upstream[k], marker, i, j));
+      }
+      if (++j == width) {
+        j = 0;
+        ++i;
       }
     }
+    if (sum_runs(open, run) && open >= 0) add_to_block(sums, open, run);
     __syncthreads();
-    for (int m = threadIdx.x; m < chunk; m += kBackwardThreads) {
+    for (int m = threadIdx.x; m < chunk; m += threads) {
       const Terms<scalar_t> sum = sums[m];
       if (sum.of[0] != scalar_t(0) || sum.of[1] != scalar_t(0) || sum.of[2] != scalar_t(0) ||
           sum.of[3] != scalar_t(0)) {
@@ -312,7 +383,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
         add_gradients<true>(sum, sigmas[c0 + m], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
       }
     }
-    __syncthreads();  // the sums are cleared for the next chunk
+    __syncthreads();  // before the sums and markers are overwritten for the next chunk
   }
 }
 
@@ -366,6 +437,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
     const int n = m0 + slot;
     Terms<scalar_t> sum = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
     if (n < n_markers) {
+      const Marker<scalar_t> marker = marker_at(means, sigmas, amps, n);
       for (int q = lane_in_group; q < quads; q += lanes) {
         const int4 w = winners[q];
         const int ns[4] = {w.x, w.y, w.z, w.w};
@@ -375,9 +447,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
           const int64_t p = p0 + 4 * q + r;
           const scalar_t g = grad_image[p];
           if (g == scalar_t(0)) continue;
-          const Terms<scalar_t> terms = pixel_terms(g, means, sigmas, amps, n, p / width, p % width);
-#pragma unroll
-          for (int k = 0; k < kTerms; ++k) sum.of[k] += terms.of[k];
+          accumulate(sum, pixel_terms(g, marker, int(p / width), int(p % width)));
         }
       }
     }
@@ -400,9 +470,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
   const int64_t b = bn / n_markers, n = bn % n_markers;
   Terms<scalar_t> sum = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
   for (int64_t t = 0; t < tiles_per_image; ++t) {
-    const Terms<scalar_t> part = partials[(b * tiles_per_image + t) * n_markers + n];
-#pragma unroll
-    for (int k = 0; k < kTerms; ++k) sum.of[k] += part.of[k];
+    accumulate(sum, partials[(b * tiles_per_image + t) * n_markers + n]);
   }
   add_gradients<false>(sum, sigmas[bn], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
 }
@@ -414,6 +482,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
 // error for a grid too large.
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
 
 template <typename scalar_t, typename Launch>
 void launch_forward(const Launch& launch, const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps,
@@ -445,11 +514,12 @@ void launch_backward(const Launch& launch, bool deterministic, const scalar_t* g
                      int n_markers, int64_t pixels, int width, scalar_t* grad_means, scalar_t* grad_sigmas,
                      scalar_t* grad_amps, Terms<scalar_t>* partials, int32_t* bad_index) {
   if (!deterministic) {
-    // Small images: one block per image, its pixel count rounded up to whole warps.
-    const int64_t tile_pixels = std::min(kAtomicTilePixels, ceil_div(pixels, kWarpSize) * kWarpSize);
-    const int64_t tiles_per_image = ceil_div(pixels, tile_pixels);
-    launch("the backward", backward_atomic_kernel<scalar_t>, batch * tiles_per_image, dim3(kBackwardThreads),
-           grad_image, means, sigmas, amps, index, n_markers, pixels, width, tile_pixels, tiles_per_image, grad_means,
+    // Small images: one block per image, of as many whole warps as its pixels need.
+    const int64_t threads = std::min<int64_t>(kBackwardThreads, ceil_div(pixels, kWarpSize * kPixelsPerThread) * kWarpSize);
+    const int64_t tiles_per_image = ceil_div(pixels, threads * kPixelsPerThread);
+    const bool vector_loads = pixels % 4 == 0 && aligned16(grad_image) && aligned16(index);
+    launch("the backward", backward_atomic_kernel<scalar_t>, batch * tiles_per_image, dim3(unsigned(threads)),
+           grad_image, means, sigmas, amps, index, n_markers, pixels, width, tiles_per_image, vector_loads, grad_means,
            grad_sigmas, grad_amps, bad_index);
   } else {
     const int64_t tiles_per_image = ceil_div(pixels, kScanTilePixels);

@@ -48,6 +48,40 @@ def call(function, *args) -> None:
         raise RuntimeError(f"CUDA emulator: {message.value.decode()}")
 
 
+# Elements of guard before and after every tensor the kernels see (a multiple of 16 bytes, so the
+# kernels' vector loads see the alignment they would on a GPU).
+GUARD = 64
+
+
+class Guarded:
+    """A tensor's copy with GUARD elements of `fill` on either side: reading past the tensor then picks
+    up `fill` (NaN for floating inputs, so it shows in the results), and writing past it is caught by
+    check_untouched."""
+
+    def __init__(self, tensor: torch.Tensor, fill: float):
+        self.fill = fill
+        self.buffer = torch.full((tensor.numel() + 2 * GUARD,), fill, dtype=tensor.dtype)
+        self.tensor = self.buffer[GUARD:GUARD + tensor.numel()].view(tensor.shape)
+        self.tensor.copy_(tensor)
+
+    def check_untouched(self) -> None:
+        for name, guard in (("before", self.buffer[:GUARD]), ("after", self.buffer[-GUARD:])):
+            expected = torch.full_like(guard, self.fill)
+            assert torch.equal(guard, expected) or (guard.isnan().all() and expected.isnan().all()), \
+                f"a kernel wrote {name} a tensor"
+
+
+def guarded_call(function, *args) -> None:
+    """call() with every tensor argument guarded; tensors come back with what the kernels wrote."""
+    guards = [Guarded(a, math.nan if a.is_floating_point() else 0) if isinstance(a, torch.Tensor) else None
+              for a in args]
+    call(function, *(g.tensor if g else a for g, a in zip(guards, args)))
+    for guard, arg in zip(guards, args):
+        if guard:
+            guard.check_untouched()
+            arg.copy_(guard.tensor)
+
+
 class _Render(torch.autograd.Function):
     """The CUDA op pair as splat_render runs it: forward kernel, then the backward kernels."""
 
@@ -58,8 +92,8 @@ class _Render(torch.autograd.Function):
         index = torch.empty(batch, height, width, dtype=torch.int32)
         flaws = torch.zeros(1, dtype=torch.int32)
         name = DTYPE_NAMES[means.dtype]
-        call(getattr(emulator, f"forward_{name}"), means, sigmas, amps, batch, n_markers, height, width, image, index,
-             flaws)
+        guarded_call(getattr(emulator, f"forward_{name}"), means, sigmas, amps, batch, n_markers, height, width, image,
+                     index, flaws)
         if flaws.item():
             bit = (flaws.item() & -flaws.item()).bit_length() - 1  # the lowest bit set, as raise_marker_flaws reads it
             raise ValueError(FLAW_MESSAGES[bit])
@@ -75,8 +109,9 @@ class _Render(torch.autograd.Function):
         bad_index = torch.zeros(1, dtype=torch.int32)
         batch, n_markers = sigmas.shape
         height, width = index.shape[1:]
-        call(getattr(ctx.emulator, f"backward_{DTYPE_NAMES[means.dtype]}"), int(ctx.deterministic),
-             grad_image.contiguous(), means, sigmas, amps, index, batch, n_markers, height, width, *grads, bad_index)
+        guarded_call(getattr(ctx.emulator, f"backward_{DTYPE_NAMES[means.dtype]}"), int(ctx.deterministic),
+                     grad_image.contiguous(), means, sigmas, amps, index, batch, n_markers, height, width, *grads,
+                     bad_index)
         assert bad_index.item() == 0, "the backward kernel flagged a winner map it produced itself"
         return None, *grads, None, None, None
 
@@ -107,6 +142,7 @@ SHAPES = [
     ((1,), 150, 9, 41),  # three marker blocks, the last one cut
     ((1,), 12, 70, 90),  # 3 x 3 tiles; 7 atomic and 4 deterministic backward tiles
     ((1,), 600, 5, 7),  # two atomic marker chunks
+    ((3,), 5, 6, 6),  # 36 pixels: whole 16-byte vectors, the last thread of each image gets 4 of its 8
 ]
 
 
@@ -171,6 +207,6 @@ def test_backward_flags_a_winner_map_out_of_range(emulator, deterministic):
         index = torch.zeros(2, 9, 41, dtype=torch.int32)
         index[1, 8, 40] = bad
         flag = torch.zeros(1, dtype=torch.int32)
-        call(emulator.backward_float, int(deterministic), torch.ones(2, 9, 41), means, sigmas, amps, index, 2, 5, 9, 41,
-             *grads, flag)
+        guarded_call(emulator.backward_float, int(deterministic), torch.ones(2, 9, 41), means, sigmas, amps, index, 2, 5,
+                     9, 41, *grads, flag)
         assert flag.item() == 1

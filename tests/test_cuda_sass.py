@@ -1,10 +1,12 @@
-"""The built CUDA forward keeps its inner loop in the form its speed rests on, read from its SASS.
+"""The built CUDA kernels keep the form their speed rests on, read from their SASS.
 
 Per marker-pixel pair the float forward should issue one multiply, one compare and two predicated
 updates, with no select: selects run on the ALU pipe, which on sm_90 has half the lanes of the FP32
 pipes and bounded the kernel (README, "Performance (GPU)"). ptxas decides this, not the source, and turns
 predicated moves back into selects unless it is kept from it (csrc/splat_cuda_kernels.cuh, keep_greater);
 this reads the extension's own machine code for each architecture it was built for, with no GPU.
+The float atomic backward keeps each thread's pixels in registers (no spills) and reads them with
+vector loads.
 """
 
 import importlib.util
@@ -28,8 +30,8 @@ def cuobjdump() -> str:
     return found
 
 
-def forward_sass_by_arch(library: Path) -> dict[str, list[tuple[int, str, str, str]]]:
-    """{"sm_90": [(address, predicate, opcode, operands), ...]} of the float forward kernel."""
+def sass_by_arch(library: Path, kernel: str) -> dict[str, list[tuple[int, str, str, str]]]:
+    """{"sm_90": [(address, predicate, opcode, operands), ...]} of the float instance of `kernel`."""
     sass = subprocess.run([cuobjdump(), "-sass", library], capture_output=True, text=True, check=True).stdout
     kernels, arch, name = {}, None, None
     for line in sass.splitlines():
@@ -37,7 +39,7 @@ def forward_sass_by_arch(library: Path) -> dict[str, list[tuple[int, str, str, s
             arch = found[1]
         elif found := re.search(r"Function : (\S+)", line):
             name = found[1]
-        elif name and "forward_kernelIfE" in name and (found := INSTRUCTION.search(line)):
+        elif name and f"{kernel}IfE" in name and (found := INSTRUCTION.search(line)):
             kernels.setdefault(arch, []).append((int(found[1], 16), found[2] or "", found[3], found[4]))
     return kernels
 
@@ -53,11 +55,14 @@ def largest_inner_loop(instructions: list[tuple[int, str, str, str]]) -> list[tu
     return [i for i in instructions if start <= i[0] <= end]
 
 
-def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
+def built_library() -> Path:
     if "CUDA" not in _extension.KERNEL_KEYS:
         pytest.skip("the extension was built without CUDA kernels (no nvcc or a CPU-only torch at build time)")
-    library = Path(importlib.util.find_spec("splatkern._C").origin)
-    by_arch = forward_sass_by_arch(library)
+    return Path(importlib.util.find_spec("splatkern._C").origin)
+
+
+def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
+    by_arch = sass_by_arch(built_library(), "forward_kernel")
     assert by_arch, "no float forward kernel found in the extension's SASS"
     for arch, instructions in by_arch.items():
         loop = largest_inner_loop(instructions)
@@ -70,3 +75,14 @@ def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
         # The rest is factor loads, the loop counter and register moves: 0.9-1.0 per pair with 8 rows
         # per thread (nvcc 13.0), 1.3 with 4.
         assert len(loop) <= 5.2 * pairs, (arch, len(loop) / pairs, opcodes)
+
+
+def test_float_atomic_backward_keeps_its_pixels_in_registers():
+    """Each thread's 8 winners and upstream gradients, and its run's sums, live in registers: no
+    local-memory loads or stores (spills), which would cost a memory round trip per pixel."""
+    by_arch = sass_by_arch(built_library(), "backward_atomic_kernel")
+    assert by_arch, "no float atomic backward kernel found in the extension's SASS"
+    for arch, instructions in by_arch.items():
+        local = [opcode for _, _, opcode, _ in instructions if opcode.split(".")[0] in ("LDL", "STL")]
+        assert not local, (arch, Counter(local))
+        assert sum(opcode.startswith("LDG.E.128") for _, _, opcode, _ in instructions) == 4, arch  # the vector loads
