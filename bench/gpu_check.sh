@@ -71,7 +71,8 @@ run_step build $(($(left) - 240 < 300 ? $(left) - 240 : 300)) bash -c \
   '"$PYTHON" -m pip install --no-build-isolation --no-deps -e . && ls splatkern/_C*.so ||
    "$PYTHON" setup.py build_ext --inplace'
 say "backends on cuda: $(backends)"
-# Whether this machine's ptxas kept the forward's loop in its predicated form (README, GPU section).
+# Whether this machine's ptxas kept the forward's loop in its predicated form and the backward free of
+# spills (README, GPU section).
 run_step sass 60 "$PYTHON" -m pytest tests/test_cuda_sass.py -q -rs -p no:cacheprovider
 run_step gpu-tests $(($(left) - 150 < 240 ? $(left) - 150 : 240)) \
   "$PYTHON" -m pytest tests -m gpu "${PYTEST_ARGS[@]}"
