@@ -8,13 +8,13 @@
 // max and winner of 8 pixels of one column with one multiply, one compare and two predicated
 // updates per pixel and marker (keep_greater).
 //
-// Backward, deterministic=false: a block takes consecutive pixels of one image, 8 per thread. A
-// thread sums its pixels' runs of equal winners in registers, a warp sums the runs that go on across
-// lanes with shuffles, those sums go into per-marker accumulators in shared memory, and the block
-// issues one global atomic per marker and gradient.
-// Backward, deterministic=true: no atomics. Pass 1 gives each (tile, marker) partial sum to a
-// fixed set of threads that scan the tile's winner map in a fixed order; pass 2 adds a marker's
-// tile partials in tile order. The result depends on the problem shape only, never on timing.
+// Backward: a block takes consecutive pixels of one image, 8 per thread. A thread sums its pixels'
+// runs of equal winners in registers, a warp sums the runs that go on across lanes with shuffles,
+// and those sums go into per-marker sums in shared memory: O(pixels) work whatever N is.
+// deterministic=false: shared atomics, then one global atomic per marker and gradient per block.
+// deterministic=true: no atomics. Each warp's lanes add to the warp's own sums one at a time, in lane
+// order; the block writes each marker's sum over its warps, in warp order, and a second kernel adds
+// those in block order. The result depends on the problem shape only, never on timing.
 #pragma once
 
 #include "splat_constants.h"
@@ -267,13 +267,17 @@ __device__ __forceinline__ bool sum_runs(int key, Terms<scalar_t>& terms) {
   return (heads >> lane) & 1u;
 }
 
-// Markers staged and accumulated in shared memory at once (16 KB float, 32 KB double); more are done
-// in further passes over the block's pixels.
-constexpr int kAtomicMarkerChunk = 512;
-// Consecutive pixels (in raster order) each thread of the atomic backward takes. A winner covers
-// runs of neighbouring pixels, so a thread mostly sums one run in registers, and the warp's
-// shuffle sum (sum_runs, 21 shuffles) is paid once per 8 pixels instead of once per pixel.
+// Consecutive pixels (in raster order) each thread of the backward takes. A winner covers runs of
+// neighbouring pixels, so a thread mostly sums one run in registers, and the warp's shuffle sum
+// (sum_runs, 21 shuffles) is paid once per 8 pixels instead of once per pixel.
 constexpr int kPixelsPerThread = 8;
+constexpr int kMaxBackwardWarps = kBackwardThreads / kWarpSize;
+
+// Markers staged in shared memory, and summed there, per pass over a block's pixels (more markers
+// take more passes). Atomic: one sum per marker, 16 KB (float) or 32 KB (double) with the staged
+// markers. Deterministic: one sum per marker and warp, 36 KB.
+template <typename scalar_t, bool kDeterministic>
+constexpr int kMarkerChunk = kDeterministic ? 32768 / (kMaxBackwardWarps * int(sizeof(Terms<scalar_t>))) : 512;
 
 // A thread's kPixelsPerThread pixels of a [B, H, W] tensor from `from`: with four 16-byte loads
 // where `vector` (the host checked the alignment; then pixels % 4 == 0, so a thread has all 8 or
@@ -294,30 +298,30 @@ __device__ __forceinline__ void load_pixels(const T* from, int count, bool vecto
   }
 }
 
-// Adds a thread's summed terms of the marker `slot` (within the chunk) to the block's sums.
-template <typename scalar_t>
-__device__ __forceinline__ void add_to_block(Terms<scalar_t>* sums, int slot, const Terms<scalar_t>& terms) {
-#pragma unroll
-  for (int k = 0; k < kTerms; ++k) atomicAdd(&sums[slot].of[k], terms.of[k]);
-}
-
 // A block of blockDim.x threads takes blockDim.x * kPixelsPerThread consecutive pixels of one image.
-// Each thread sums the terms of its pixels' runs of equal winners in registers, adds each finished
-// run to the block's per-marker sums in shared memory, and hands the run still open at its last
-// pixel, which may go on in the next lanes, to sum_runs. Then one global atomic per marker and
-// gradient per block. Sets *bad_index when the winner map holds a value outside [0, n_markers)
-// (it is then skipped).
-template <typename scalar_t>
+// Each thread sums the terms of its pixels' runs of equal winners in registers and adds each
+// finished run to per-marker sums in shared memory; the run still open at its last pixel, which may
+// go on in the next lanes, goes through sum_runs first. Sets *bad_index when the winner map holds a
+// value outside [0, n_markers) (it is then skipped).
+//   Atomic: the block's sums take shared atomics, then one global atomic per marker and gradient.
+//   Deterministic: each warp has its own sums, to which its lanes add one at a time in lane order,
+//   pixel step by pixel step; the block writes each marker's sum over its warps, in warp order, to
+//   partials[block][marker], which reduce_partials_kernel adds in block order. Every sum is then
+//   taken in an order fixed by the problem's shape: the same bits on every run.
+template <typename scalar_t, bool kDeterministic>
 __global__ void __launch_bounds__(kBackwardThreads)
-    backward_atomic_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
-                           const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
-                           const int32_t* __restrict__ index, int n_markers, int64_t pixels, int width,
-                           int64_t tiles_per_image, bool vector_loads, scalar_t* __restrict__ grad_means,
-                           scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps,
-                           int32_t* __restrict__ bad_index) {
-  __shared__ Terms<scalar_t> sums[kAtomicMarkerChunk];
-  __shared__ Marker<scalar_t> markers[kAtomicMarkerChunk];
-  const int threads = blockDim.x;
+    backward_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
+                    const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
+                    const int32_t* __restrict__ index, int n_markers, int64_t pixels, int width,
+                    int64_t tiles_per_image, bool vector_loads, scalar_t* __restrict__ grad_means,
+                    scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps,
+                    Terms<scalar_t>* __restrict__ partials, int32_t* __restrict__ bad_index) {
+  constexpr int kChunk = kMarkerChunk<scalar_t, kDeterministic>;
+  __shared__ Terms<scalar_t> sums[kDeterministic ? kMaxBackwardWarps * kChunk : kChunk];  // [warp][marker] or [marker]
+  __shared__ Marker<scalar_t> markers[kChunk];
+  const int threads = blockDim.x, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int sum_count = kDeterministic ? threads / kWarpSize * kChunk : kChunk;
+  Terms<scalar_t>* const own_sums = kDeterministic ? sums + warp * kChunk : sums;
 
   const int64_t b = blockIdx.x / tiles_per_image;
   const int64_t first = (blockIdx.x % tiles_per_image) * threads * kPixelsPerThread + threadIdx.x * kPixelsPerThread;
@@ -344,12 +348,23 @@ __global__ void __launch_bounds__(kBackwardThreads)
   const int first_row = count > 0 ? int(first / width) : 0;
   const int first_column = count > 0 ? int(first % width) : 0;
 
-  for (int c0 = 0; c0 < n_markers; c0 += kAtomicMarkerChunk) {
-    const int chunk = min(kAtomicMarkerChunk, n_markers - c0);
-    for (int m = threadIdx.x; m < chunk; m += threads) {
-      sums[m] = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
-      markers[m] = marker_at(means, sigmas, amps, c0 + m);
+  // Adds the runs of the lanes where `finished` to their sums. All 32 lanes call it together.
+  const auto add_finished = [&](bool finished, int slot, const Terms<scalar_t>& run) {
+    if constexpr (kDeterministic) {
+      for (unsigned turns = __ballot_sync(kFullWarp, finished); turns != 0; turns &= turns - 1) {
+        if (lane == __ffs(turns) - 1) accumulate(own_sums[slot], run);
+        __syncwarp();
+      }
+    } else if (finished) {
+#pragma unroll
+      for (int k = 0; k < kTerms; ++k) atomicAdd(&own_sums[slot].of[k], run.of[k]);
     }
+  };
+
+  for (int c0 = 0; c0 < n_markers; c0 += kChunk) {
+    const int chunk = min(kChunk, n_markers - c0);
+    for (int m = threadIdx.x; m < chunk; m += threads) markers[m] = marker_at(means, sigmas, amps, c0 + m);
+    for (int s = threadIdx.x; s < sum_count; s += threads) sums[s] = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
     __syncthreads();
     int open = -1;  // the marker (within the chunk) of the run being summed
     Terms<scalar_t> run = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
@@ -359,9 +374,10 @@ __global__ void __launch_bounds__(kBackwardThreads)
 #pragma unroll
     for (int k = 0; k < kPixelsPerThread; ++k) {
       const int slot = winners[k] - c0;
-      if (slot >= 0 && slot < chunk) {  // winners[k] == -1 gives a slot < 0
+      const bool inside = slot >= 0 && slot < chunk;  // winners[k] == -1 gives a slot < 0
+      add_finished(inside && slot != open && open >= 0, open, run);
+      if (inside) {
         if (slot != open) {
-          if (open >= 0) add_to_block(sums, open, run);
           open = slot;
           run = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
           marker = markers[slot];
@@ -373,89 +389,21 @@ __global__ void __launch_bounds__(kBackwardThreads)
         ++i;
       }
     }
-    if (sum_runs(open, run) && open >= 0) add_to_block(sums, open, run);
+    const bool head = sum_runs(open, run);
+    add_finished(head && open >= 0, open, run);
     __syncthreads();
     for (int m = threadIdx.x; m < chunk; m += threads) {
-      const Terms<scalar_t> sum = sums[m];
-      if (sum.of[0] != scalar_t(0) || sum.of[1] != scalar_t(0) || sum.of[2] != scalar_t(0) ||
-          sum.of[3] != scalar_t(0)) {
+      Terms<scalar_t> sum = sums[m];
+      if constexpr (kDeterministic) {
+        for (int w = 1; w < threads / kWarpSize; ++w) accumulate(sum, sums[w * kChunk + m]);
+        partials[blockIdx.x * int64_t(n_markers) + c0 + m] = sum;
+      } else if (sum.of[0] != scalar_t(0) || sum.of[1] != scalar_t(0) || sum.of[2] != scalar_t(0) ||
+                 sum.of[3] != scalar_t(0)) {
         const int64_t bn = bn0 + c0 + m;
         add_gradients<true>(sum, sigmas[c0 + m], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
       }
     }
     __syncthreads();  // before the sums and markers are overwritten for the next chunk
-  }
-}
-
-// Deterministic pass 1. Pixels per block; their winners are staged in shared memory (8 KB).
-constexpr int kScanTilePixels = 2048;
-static_assert(kScanTilePixels % 4 == 0, "winners are read four at a time");
-
-// Each marker is given `lanes` adjacent lanes of one warp (a power of two <= 32, so that small N
-// still uses the whole block); lane s of the group scans the tile's winners 4s .. 4s + 3,
-// 4(s + lanes) .., in order, and the group's sums are combined with a fixed shuffle tree.
-// partials: [B, tiles_per_image, N, kTerms].
-template <typename scalar_t>
-__global__ void __launch_bounds__(kBackwardThreads)
-    backward_partials_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
-                             const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
-                             const int32_t* __restrict__ index, int n_markers, int64_t pixels, int width,
-                             int64_t tiles_per_image, int lanes, Terms<scalar_t>* __restrict__ partials,
-                             int32_t* __restrict__ bad_index) {
-  __shared__ int4 winners[kScanTilePixels / 4];
-  int32_t* const winner_of = reinterpret_cast<int32_t*>(winners);
-
-  const int64_t b = blockIdx.x / tiles_per_image;
-  const int64_t tile = blockIdx.x % tiles_per_image;
-  const int64_t p0 = tile * kScanTilePixels;
-  const int count = int(min(int64_t(kScanTilePixels), pixels - p0));
-  const int quads = (count + 3) / 4;
-  grad_image += b * pixels;
-  index += b * pixels;
-  means += b * n_markers * 2;
-  sigmas += b * n_markers;
-  amps += b * n_markers;
-  partials += blockIdx.x * int64_t(n_markers);
-
-  for (int k = threadIdx.x; k < quads * 4; k += kBackwardThreads) {
-    int n = -1;  // padding after the last pixel
-    if (k < count) {
-      n = index[p0 + k];
-      if (n < 0 || n >= n_markers) {
-        *bad_index = 1;
-        n = -1;
-      }
-    }
-    winner_of[k] = n;
-  }
-  __syncthreads();
-
-  const int slot = threadIdx.x / lanes, lane_in_group = threadIdx.x % lanes;
-  const int markers_per_pass = kBackwardThreads / lanes;
-  // The same trip count for every thread: the shuffles below need whole warps.
-  for (int m0 = 0; m0 < n_markers; m0 += markers_per_pass) {
-    const int n = m0 + slot;
-    Terms<scalar_t> sum = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
-    if (n < n_markers) {
-      const Marker<scalar_t> marker = marker_at(means, sigmas, amps, n);
-      for (int q = lane_in_group; q < quads; q += lanes) {
-        const int4 w = winners[q];
-        const int ns[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          if (ns[r] != n) continue;
-          const int64_t p = p0 + 4 * q + r;
-          const scalar_t g = grad_image[p];
-          if (g == scalar_t(0)) continue;
-          accumulate(sum, pixel_terms(g, marker, int(p / width), int(p % width)));
-        }
-      }
-    }
-    for (int offset = lanes / 2; offset > 0; offset /= 2) {
-#pragma unroll
-      for (int k = 0; k < kTerms; ++k) sum.of[k] += __shfl_xor_sync(kFullWarp, sum.of[k], offset);
-    }
-    if (n < n_markers && lane_in_group == 0) partials[n] = sum;
   }
 }
 
@@ -495,15 +443,18 @@ void launch_forward(const Launch& launch, const scalar_t* means, const scalar_t*
          flaws);
 }
 
-// The scratch the deterministic backward needs: one Terms per (pass-1 block, marker).
-inline int64_t deterministic_partials(int64_t batch, int64_t pixels, int64_t n_markers) {
-  return batch * ceil_div(pixels, kScanTilePixels) * n_markers;
+// The backward's blocks: as many whole warps as an image's pixels need, up to kBackwardThreads.
+struct BackwardGrid {
+  int64_t threads, tiles_per_image;
+};
+inline BackwardGrid backward_grid(int64_t pixels) {
+  const int64_t threads = std::min<int64_t>(kBackwardThreads, ceil_div(pixels, kWarpSize * kPixelsPerThread) * kWarpSize);
+  return {threads, ceil_div(pixels, threads * kPixelsPerThread)};
 }
 
-inline int lanes_per_marker(int64_t n_markers) {
-  int lanes = 1;
-  while (lanes < kWarpSize && lanes * 2 * n_markers <= kBackwardThreads) lanes *= 2;
-  return lanes;
+// The scratch the deterministic backward needs: one Terms per (block, marker).
+inline int64_t deterministic_partials(int64_t batch, int64_t pixels, int64_t n_markers) {
+  return batch * backward_grid(pixels).tiles_per_image * n_markers;
 }
 
 // The gradients must be zero before the atomic backward, which adds into them; the deterministic
@@ -513,22 +464,16 @@ void launch_backward(const Launch& launch, bool deterministic, const scalar_t* g
                      const scalar_t* sigmas, const scalar_t* amps, const int32_t* index, int64_t batch,
                      int n_markers, int64_t pixels, int width, scalar_t* grad_means, scalar_t* grad_sigmas,
                      scalar_t* grad_amps, Terms<scalar_t>* partials, int32_t* bad_index) {
-  if (!deterministic) {
-    // Small images: one block per image, of as many whole warps as its pixels need.
-    const int64_t threads = std::min<int64_t>(kBackwardThreads, ceil_div(pixels, kWarpSize * kPixelsPerThread) * kWarpSize);
-    const int64_t tiles_per_image = ceil_div(pixels, threads * kPixelsPerThread);
-    const bool vector_loads = pixels % 4 == 0 && aligned16(grad_image) && aligned16(index);
-    launch("the backward", backward_atomic_kernel<scalar_t>, batch * tiles_per_image, dim3(unsigned(threads)),
-           grad_image, means, sigmas, amps, index, n_markers, pixels, width, tiles_per_image, vector_loads, grad_means,
-           grad_sigmas, grad_amps, bad_index);
-  } else {
-    const int64_t tiles_per_image = ceil_div(pixels, kScanTilePixels);
-    launch("the deterministic backward", backward_partials_kernel<scalar_t>, batch * tiles_per_image,
-           dim3(kBackwardThreads), grad_image, means, sigmas, amps, index, n_markers, pixels, width, tiles_per_image,
-           lanes_per_marker(n_markers), partials, bad_index);
+  const BackwardGrid grid = backward_grid(pixels);
+  const bool vector_loads = pixels % 4 == 0 && aligned16(grad_image) && aligned16(index);
+  const auto kernel = deterministic ? backward_kernel<scalar_t, true> : backward_kernel<scalar_t, false>;
+  launch(deterministic ? "the deterministic backward" : "the backward", kernel, batch * grid.tiles_per_image,
+         dim3(unsigned(grid.threads)), grad_image, means, sigmas, amps, index, n_markers, pixels, width,
+         grid.tiles_per_image, vector_loads, grad_means, grad_sigmas, grad_amps, partials, bad_index);
+  if (deterministic) {
     launch("the deterministic backward", reduce_partials_kernel<scalar_t>, ceil_div(batch * n_markers, kBackwardThreads),
            dim3(kBackwardThreads), static_cast<const Terms<scalar_t>*>(partials), sigmas, batch, n_markers,
-           tiles_per_image, grad_means, grad_sigmas, grad_amps);
+           grid.tiles_per_image, grad_means, grad_sigmas, grad_amps);
   }
 }
 

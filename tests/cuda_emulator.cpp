@@ -3,7 +3,8 @@
 // builds this file with the host C++ compiler and calls it through ctypes).
 //
 // Each block runs on its own, its threads as fibers (ucontext) on one OS thread, switched only
-// where CUDA threads wait for each other: __syncthreads, which waits for every thread of the block,
+// where CUDA threads wait for each other (in index order, or in a seeded random order per round:
+// set_schedule_seed): __syncthreads, which waits for every thread of the block,
 // and the warp-synchronous shuffles and ballots, which wait for all 32 lanes of the warp (the
 // kernels use full masks only). Everything else a thread does runs without interruption, so
 // atomics are plain read-modify-writes. A barrier that some thread never reaches (a divergent
@@ -23,6 +24,8 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -99,6 +102,10 @@ struct Block {
 
 Block block;
 constexpr size_t kStackBytes = 128 * 1024;
+// 0: threads resume in index order; otherwise each round of the scheduler resumes them in an order
+// drawn from this seed. CUDA orders threads only at barriers, so a correct kernel gives the same
+// result either way, up to the order of its atomic additions.
+unsigned schedule_seed = 0;
 
 int linear_thread() {
   return int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
@@ -146,10 +153,15 @@ void run_block(dim3 threads, const std::function<void()>& body) {
     fiber.context.uc_link = &block.scheduler;
     makecontext(&fiber.context, fiber_main, 0);
   }
+  std::vector<int> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937 random(schedule_seed + blockIdx.x);
   for (;;) {
     bool alive = false;
     block.progressed = false;
-    for (Fiber& fiber : block.fibers) {
+    if (schedule_seed != 0) std::shuffle(order.begin(), order.end(), random);
+    for (const int t : order) {
+      Fiber& fiber = block.fibers[t];
       if (fiber.done) continue;
       alive = true;
       block.current = &fiber;
@@ -225,6 +237,9 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   emulator::check_full(mask);
   return emulator::from_lane(value, (emulator::linear_thread() % 32) ^ lane_mask, "__shfl_xor_sync");
 }
+inline void __syncwarp() {
+  emulator::across_warp(0, "__syncwarp", [](const auto&, int) { return 0; });
+}
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   emulator::check_full(mask);
   return emulator::across_warp(predicate != 0, "__ballot_sync", [](const auto& slots, int) {
@@ -291,6 +306,7 @@ int backward(int deterministic, const scalar_t* grad_image, const scalar_t* mean
 }  // namespace
 
 extern "C" {
+void set_schedule_seed(unsigned seed) { emulator::schedule_seed = seed; }
 int forward_float(const float* m, const float* s, const float* a, int64_t b, int64_t n, int64_t h, int64_t w, float* image,
                   int32_t* index, int32_t* flaws, char* message, int size) {
   return forward(m, s, a, b, n, h, w, image, index, flaws, message, size);

@@ -210,3 +210,25 @@ def test_backward_flags_a_winner_map_out_of_range(emulator, deterministic):
         guarded_call(emulator.backward_float, int(deterministic), torch.ones(2, 9, 41), means, sigmas, amps, index, 2, 5,
                      9, 41, *grads, flag)
         assert flag.item() == 1
+
+
+def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator):
+    """The emulator can resume threads in a different order per seed, as a GPU may run them: the
+    atomic backward's float sums then round differently (which shows the orders differ), the
+    deterministic backward's never."""
+    means, sigmas, amps = make_markers((2,), 12, 70, 90, seed=4)
+    upstream = random_like_image((2, 70, 90)).float()
+    grads = {False: [], True: []}
+    try:
+        for seed in (0, 1, 2):
+            emulator.set_schedule_seed(seed)
+            for deterministic in (False, True):
+                leaves = [t.clone().requires_grad_() for t in (means, sigmas, amps)]
+                image = emulated_cuda(emulator)(*leaves, height=70, width=90, deterministic=deterministic)
+                (image * upstream).sum().backward()
+                grads[deterministic].append(torch.cat([leaf.grad.flatten() for leaf in leaves]))
+    finally:
+        emulator.set_schedule_seed(0)
+    assert all(torch.equal(grads[True][0], other) for other in grads[True][1:])
+    assert not all(torch.equal(grads[False][0], other) for other in grads[False][1:])
+    torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-5, atol=1e-5)

@@ -5,8 +5,8 @@ updates, with no select: selects run on the ALU pipe, which on sm_90 has half th
 pipes and bounded the kernel (README, "Performance (GPU)"). ptxas decides this, not the source, and turns
 predicated moves back into selects unless it is kept from it (csrc/splat_cuda_kernels.cuh, keep_greater);
 this reads the extension's own machine code for each architecture it was built for, with no GPU.
-The float atomic backward keeps each thread's pixels in registers (no spills) and reads them with
-vector loads.
+The float backward (atomic and deterministic) keeps each thread's pixels in registers (no spills)
+and reads them with vector loads.
 """
 
 import importlib.util
@@ -31,7 +31,8 @@ def cuobjdump() -> str:
 
 
 def sass_by_arch(library: Path, kernel: str) -> dict[str, list[tuple[int, str, str, str]]]:
-    """{"sm_90": [(address, predicate, opcode, operands), ...]} of the float instance of `kernel`."""
+    """{"sm_90": [(address, predicate, opcode, operands), ...]} of the kernel whose mangled name holds
+    `kernel` (its name and template arguments: "forward_kernelIfE" is forward_kernel<float>)."""
     sass = subprocess.run([cuobjdump(), "-sass", library], capture_output=True, text=True, check=True).stdout
     kernels, arch, name = {}, None, None
     for line in sass.splitlines():
@@ -39,7 +40,7 @@ def sass_by_arch(library: Path, kernel: str) -> dict[str, list[tuple[int, str, s
             arch = found[1]
         elif found := re.search(r"Function : (\S+)", line):
             name = found[1]
-        elif name and f"{kernel}IfE" in name and (found := INSTRUCTION.search(line)):
+        elif name and kernel in name and (found := INSTRUCTION.search(line)):
             kernels.setdefault(arch, []).append((int(found[1], 16), found[2] or "", found[3], found[4]))
     return kernels
 
@@ -62,7 +63,7 @@ def built_library() -> Path:
 
 
 def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
-    by_arch = sass_by_arch(built_library(), "forward_kernel")
+    by_arch = sass_by_arch(built_library(), "forward_kernelIfE")
     assert by_arch, "no float forward kernel found in the extension's SASS"
     for arch, instructions in by_arch.items():
         loop = largest_inner_loop(instructions)
@@ -77,11 +78,12 @@ def test_float_forward_loop_has_no_selects_and_one_alu_instruction_per_pair():
         assert len(loop) <= 5.2 * pairs, (arch, len(loop) / pairs, opcodes)
 
 
-def test_float_atomic_backward_keeps_its_pixels_in_registers():
+@pytest.mark.parametrize("mode, kernel", [("atomic", "backward_kernelIfLb0E"), ("deterministic", "backward_kernelIfLb1E")])
+def test_float_backward_keeps_its_pixels_in_registers(mode, kernel):
     """Each thread's 8 winners and upstream gradients, and its run's sums, live in registers: no
     local-memory loads or stores (spills), which would cost a memory round trip per pixel."""
-    by_arch = sass_by_arch(built_library(), "backward_atomic_kernel")
-    assert by_arch, "no float atomic backward kernel found in the extension's SASS"
+    by_arch = sass_by_arch(built_library(), kernel)
+    assert by_arch, f"no float {mode} backward kernel found in the extension's SASS"
     for arch, instructions in by_arch.items():
         local = [opcode for _, _, opcode, _ in instructions if opcode.split(".")[0] in ("LDL", "STL")]
         assert not local, (arch, Counter(local))
