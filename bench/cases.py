@@ -14,6 +14,7 @@ from splatkern.reference import splat_render_reference
 
 COMPILED = "compile(reference)"  # torch.compile of splatkern.reference.splat_render_reference
 GRAPHED = "+graph"  # suffix: the fused GPU backend's calls captured once in a CUDA graph, then replayed
+DETERMINISTIC = "+deterministic"  # suffix (before GRAPHED): the backward with deterministic=True
 MODES = ("forward", "forward+backward")
 # The reference materialises [B, N, H, W] several times: measured here, its forward+backward peaks
 # at about 6x one such float32 tensor (B=256, N=64, 28x28: 301 MiB against 49 MiB). Sizes that would
@@ -52,8 +53,16 @@ def implementations(device: torch.device) -> tuple[list[str], dict[str, str]]:
                               "so its time says nothing about the Triton kernel")
     # At small sizes per-call host work, not the kernels, sets the time: replaying a CUDA graph shows
     # what the kernels alone take.
-    graphed = [name + GRAPHED for name in backends if device.type == "cuda" and name in ("cuda", "triton")]
-    return [*backends, *graphed, COMPILED], excluded
+    fused_gpu = [name for name in backends if device.type == "cuda" and name in ("cuda", "triton")]
+    graphed = [name + GRAPHED for name in fused_gpu]
+    # What deterministic=True costs, as kernel time: the backward's other path.
+    deterministic = [name + DETERMINISTIC + GRAPHED for name in fused_gpu]
+    return [*backends, *graphed, *deterministic, COMPILED], excluded
+
+
+def modes_of(implementation: str) -> tuple[str, ...]:
+    """The modes worth timing for `implementation`: deterministic=True changes only the backward."""
+    return MODES[1:] if implementation.removesuffix(GRAPHED).endswith(DETERMINISTIC) else MODES
 
 
 def reference_fits(point: Point, device: torch.device) -> str | None:
@@ -104,6 +113,8 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     if implementation.endswith(GRAPHED):
         return captured_in_cuda_graph(make_case(implementation.removesuffix(GRAPHED), mode, point, device))
+    deterministic = implementation.endswith(DETERMINISTIC)
+    implementation = implementation.removesuffix(DETERMINISTIC)
     means, sigmas, amps = make_inputs(point, device)
     height, width = point.height, point.width
     if implementation == COMPILED:
@@ -114,7 +125,8 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
     else:
 
         def render(m, s, a):
-            return splatkern.splat_render(m, s, a, height=height, width=width, backend=implementation)
+            return splatkern.splat_render(m, s, a, height=height, width=width, backend=implementation,
+                                          deterministic=deterministic)
 
     if mode == "forward":
         return lambda: render(means, sigmas, amps)

@@ -21,8 +21,8 @@ PLOTS = {  # file name: (sweep tag, x-axis label, the point's x value)
 }
 SPEEDUP_PLOT = "speedup.png"
 # one colour per implementation in every plot; a backend not listed gets matplotlib's next colour
-COLORS = dict(zip(("reference", COMPILED, "cpu", "cuda", "triton", "cuda+graph", "triton+graph"),
-                  plt.get_cmap("tab10").colors))
+COLORS = dict(zip(("reference", COMPILED, "cpu", "cuda", "triton", "cuda+graph", "triton+graph",
+                   "cuda+deterministic+graph", "triton+deterministic+graph"), plt.get_cmap("tab10").colors))
 
 
 def write_tables(results: dict, out_dir: Path) -> list[Path]:

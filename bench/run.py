@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` impo
 import torch  # noqa: E402
 
 from bench import report, results_folder_name, training  # noqa: E402
-from bench.cases import COMPILED, GRAPHED, MODES, Point, implementations, make_case, reference_fits  # noqa: E402
+from bench.cases import COMPILED, GRAPHED, MODES, Point, implementations, make_case, modes_of, reference_fits  # noqa: E402
 from bench.harness import cpu_memory_method, peak_memory_bytes, time_calls  # noqa: E402
 from bench.limits import describe_limit, limit_seconds, recalibrated  # noqa: E402
 from bench.presets import PRESETS  # noqa: E402
@@ -206,7 +206,7 @@ def measure_point(point: Point, tags: tuple[str, ...], names: list[str], device:
     cases, errors = [], 0
     for mode in MODES:
         rows = {}
-        for implementation in names:
+        for implementation in filter(lambda name: mode in modes_of(name), names):
             row = {"batch": point.batch, "markers": point.markers, "height": point.height, "width": point.width,
                    "pairs": point.pairs, "sweeps": list(tags), "mode": mode, "implementation": implementation}
             if too_big and implementation in ("reference", COMPILED):

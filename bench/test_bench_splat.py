@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.cases import MODES, Point, implementations, make_case
+from bench.cases import Point, implementations, make_case, modes_of
 from bench.harness import synchronize
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -15,8 +15,7 @@ IMPLEMENTATIONS, EXCLUDED = implementations(DEVICE)
 ROUNDS = 10
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation, mode", [(name, mode) for name in IMPLEMENTATIONS for mode in modes_of(name)])
 def test_splat_render(benchmark, implementation, mode):
     torch._dynamo.reset()
     case = make_case(implementation, mode, HEADLINE, DEVICE)

@@ -1,12 +1,14 @@
 """The benchmark's measuring instruments: CPU peak memory sees every allocation and counts each
-byte once; the hardware-limit model picks the right peak figures and the binding resource."""
+byte once; the hardware-limit model picks the right peak figures and the binding resource; a
+"+deterministic" implementation times the deterministic backward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench import limits, results_folder_name
+import splatkern
+from bench import cases, limits, results_folder_name
 from bench.harness import cpu_memory_method, peak_memory_bytes, time_calls
 
 MIB = 1 << 20
@@ -78,3 +80,19 @@ def test_results_folder_name_keeps_case_and_joins_words_as_the_committed_gpu_fol
     assert results_folder_name("NVIDIA H100 80GB HBM3") == "NVIDIA-H100-80GB-HBM3"
     assert results_folder_name("cpu Intel(R) Xeon(R) CPU @ 2.00GHz") == "cpu-Intel-R-Xeon-R-CPU-2.00GHz"
     assert results_folder_name(" / ") == "unknown-device"
+
+
+def test_a_deterministic_implementation_times_the_deterministic_backward_only(monkeypatch):
+    assert cases.modes_of("cuda+deterministic+graph") == ("forward+backward",)
+    assert cases.modes_of("cuda+graph") == cases.MODES
+    calls = []
+
+    def render(*args, **kwargs):
+        calls.append((kwargs["backend"], kwargs["deterministic"]))
+        return splatkern.splat_render_reference(*args[:3], kwargs["height"], kwargs["width"])[0]
+
+    monkeypatch.setattr(splatkern, "splat_render", render)
+    point = cases.Point(2, 3, 5, 6)
+    for implementation in ("reference+deterministic", "reference"):
+        cases.make_case(implementation, "forward+backward", point, CPU)()
+    assert calls == [("reference", True), ("reference", False)]
