@@ -2,12 +2,11 @@
 // shuffles, barriers and atomics are tested where there is no GPU (tests/test_cuda_emulated.py
 // builds this file with the host C++ compiler and calls it through ctypes).
 //
-// Each block runs on its own, its threads as fibers (ucontext) on one OS thread, switched only
-// where CUDA threads wait for each other (in index order, or in a seeded random order per round:
-// set_schedule_seed): __syncthreads, which waits for every thread of the block,
-// and the warp-synchronous shuffles and ballots, which wait for all 32 lanes of the warp (the
-// kernels use full masks only). Everything else a thread does runs without interruption, so
-// atomics are plain read-modify-writes. A barrier that some thread never reaches (a divergent
+// Each block runs on its own, its threads as fibers (ucontext) on one OS thread. A fiber runs until
+// it waits for others: at __syncthreads (every thread of the block) or at a warp shuffle, ballot or
+// __syncwarp (all 32 lanes of its warp; the kernels use full masks only). Fibers resume in index
+// order or, after set_schedule_seed, in a seeded random order each round. Everything else a thread
+// does runs without interruption, so atomics are plain read-modify-writes. A barrier that some thread never reaches (a divergent
 // __syncthreads or shuffle, undefined on a GPU) is reported as an error, never waited out.
 // __shared__ arrays become function statics, which every fiber of the running block shares.
 //
@@ -30,11 +29,10 @@
 #include <string>
 #include <vector>
 
-// --- what nvcc provides -------------------------------------------------------------------------
+// --- the CUDA built-ins the kernels use ---------------------------------------------------------
 
 #define __global__
 #define __device__
-#define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
@@ -51,7 +49,7 @@ struct alignas(16) int4 {
 };
 
 uint3 threadIdx, blockIdx;  // set for each fiber before it resumes
-dim3 blockDim, gridDim;
+dim3 blockDim;
 
 using std::isfinite;
 template <typename T>
@@ -232,11 +230,6 @@ T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
   emulator::check_full(mask);
   return emulator::from_lane(value, emulator::linear_thread() % 32 - int(delta), "__shfl_up_sync");
 }
-template <typename T>
-T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
-  emulator::check_full(mask);
-  return emulator::from_lane(value, (emulator::linear_thread() % 32) ^ lane_mask, "__shfl_xor_sync");
-}
 inline void __syncwarp() {
   emulator::across_warp(0, "__syncwarp", [](const auto&, int) { return 0; });
 }
@@ -260,7 +253,6 @@ using namespace splatkern::kernels;
 // launch(what, kernel, blocks, threads, args...) as splat_cuda_kernels.cuh's launch_* call it:
 // every block of the grid, one after another.
 auto emulated_launch = [](const char* /*what*/, auto kernel, int64_t blocks, dim3 threads, auto... args) {
-  gridDim = dim3(unsigned(blocks));
   blockDim = threads;
   for (int64_t b = 0; b < blocks; ++b) {
     blockIdx = {unsigned(b), 0, 0};
