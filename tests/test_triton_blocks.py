@@ -18,6 +18,7 @@ FORWARD_BLOCKS = [
 ]
 BACKWARD_BLOCKS = [
     pytest.param(dict(BLOCK_PIX=128, num_warps=4), id="128-px-4-warps"),
+    pytest.param(dict(BLOCK_PIX=64, num_warps=1), id="64-px-1-warp"),
     pytest.param(dict(BLOCK_PIX=256, WIDE_KEYS=True, num_warps=2), id="int64-keys"),
 ]
 
