@@ -280,7 +280,7 @@ int forward(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps,
 
 // The gradients must arrive zeroed (launch_backward's rule for the atomic kernel).
 template <typename scalar_t>
-int backward(int deterministic, const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
+int backward(int64_t deterministic, const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
              const scalar_t* amps, const int32_t* index, int64_t batch, int64_t n_markers, int64_t height,
              int64_t width, scalar_t* grad_means, scalar_t* grad_sigmas, scalar_t* grad_amps, int32_t* bad_index,
              char* message, int message_size) {
@@ -307,12 +307,12 @@ int forward_double(const double* m, const double* s, const double* a, int64_t b,
                    double* image, int32_t* index, int32_t* flaws, char* message, int size) {
   return forward(m, s, a, b, n, h, w, image, index, flaws, message, size);
 }
-int backward_float(int det, const float* g, const float* m, const float* s, const float* a, const int32_t* index,
+int backward_float(int64_t det, const float* g, const float* m, const float* s, const float* a, const int32_t* index,
                    int64_t b, int64_t n, int64_t h, int64_t w, float* gm, float* gs, float* ga, int32_t* bad,
                    char* message, int size) {
   return backward(det, g, m, s, a, index, b, n, h, w, gm, gs, ga, bad, message, size);
 }
-int backward_double(int det, const double* g, const double* m, const double* s, const double* a, const int32_t* index,
+int backward_double(int64_t det, const double* g, const double* m, const double* s, const double* a, const int32_t* index,
                     int64_t b, int64_t n, int64_t h, int64_t w, double* gm, double* gs, double* ga, int32_t* bad,
                     char* message, int size) {
   return backward(det, g, m, s, a, index, b, n, h, w, gm, gs, ga, bad, message, size);

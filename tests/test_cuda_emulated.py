@@ -3,11 +3,10 @@ against the contract: values, winners and gradients of both backward modes, the 
 cut-off, the in-kernel value and index checks, and a deterministic backward whose bits do not depend
 on the order threads run in. The emulator runs each block's threads as fibers that meet at every
 __syncthreads and warp shuffle, resumed in a seeded random order, so these tests prove the kernels'
-indexing, tiling, shared memory, shuffles and atomics where there is no GPU; what they cannot prove (fast-math
-exponentials, the PTX of keep_greater<float>, timing) the GPU tests and test_cuda_sass.py cover.
-The host code around the kernels (allocation, N = 0, layout checks) is tested on a GPU only.
+indexing, tiling, shared memory, shuffles and atomics where there is no GPU. What they cannot prove
+(fast-math exponentials, the PTX of keep_greater<float>, timing) the GPU tests and test_cuda_sass.py
+cover. The host code around the kernels (allocation, N = 0, layout checks) is tested on a GPU only.
 """
-
 from __future__ import annotations
 
 import ctypes
