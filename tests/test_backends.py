@@ -86,7 +86,7 @@ SHAPES = [
     # Too slow for the interpreter (their Triton case runs on CUDA, cuda-triton):
     Shape((1,), 300, 9, 41, False),  # several CUDA marker blocks (64), the last one cut
     Shape((16,), 4, 28, 28, False),  # CPU: batch >= 16, one tile per image; the MNIST size
-    Shape((1,), 12, 70, 90, False),  # CPU: row tiles of 45 + 25 rows; CUDA: several backward tiles (1024 / 2048 px)
+    Shape((1,), 12, 70, 90, False),  # CPU: row tiles of 45 + 25 rows; CUDA: several backward tiles (2048 px)
 ]
 
 

@@ -136,17 +136,18 @@ def emulated_cuda(emulator):
 
 
 # (leading dims, N, height, width), each cutting the kernels' blocks somewhere: forward tiles are
-# 32 x 32 pixels with 64 markers staged at a time; the atomic backward takes 1024 pixels and 512
-# markers per pass, the deterministic one 2048 pixels.
+# 32 x 32 pixels with 64 markers staged at a time; a backward block takes up to 2048 pixels (8 per
+# thread, as many warps as the image needs) and 512 markers per pass, 256 (float) or 128 (double)
+# when deterministic.
 SHAPES = [
-    ((), 7, 9, 41),  # no leading dims, one tile wide and two high... cut everywhere
+    ((), 7, 9, 41),  # no leading dims; two forward tiles wide, one high; scalar loads (369 pixels)
     ((2, 3), 1, 9, 20),  # one marker
-    ((2,), 64, 13, 7),  # exactly one marker block
+    ((2,), 64, 13, 7),  # exactly one forward marker block
     ((1,), 21, 40, 36),  # 2 x 2 forward tiles
     ((3,), 9, 1, 33),  # a single row, two tiles wide
-    ((1,), 150, 9, 41),  # three marker blocks, the last one cut
-    ((1,), 12, 70, 90),  # 3 x 3 tiles; 7 atomic and 4 deterministic backward tiles
-    ((1,), 600, 5, 7),  # two atomic marker chunks
+    ((1,), 150, 9, 41),  # three forward marker blocks, the last one cut; two deterministic passes (double)
+    ((1,), 12, 70, 90),  # 3 x 3 forward tiles; 4 backward blocks, the last one cut
+    ((1,), 600, 5, 7),  # two atomic marker passes, 3 or 5 deterministic ones
     ((3,), 5, 6, 6),  # 36 pixels: whole 16-byte vectors, the last thread of each image gets 4 of its 8
 ]
 
