@@ -149,6 +149,7 @@ SHAPES = [
     ((1,), 12, 70, 90),  # 3 x 3 forward tiles; 4 backward blocks, the last one cut
     ((1,), 600, 5, 7),  # two atomic marker passes, 3 or 5 deterministic ones
     ((3,), 5, 6, 6),  # 36 pixels: whole 16-byte vectors, the last thread of each image gets 4 of its 8
+    ((16,), 64, 28, 28),  # the MNIST size: one forward tile and one backward block of 4 warps per image
 ]
 
 
