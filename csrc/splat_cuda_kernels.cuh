@@ -2,11 +2,12 @@
 // splatkern/reference.py; the same algorithm on CPU: splat_cpu.cpp). splat_cuda.cu launches them
 // on the current stream; tests/cuda_emulator.cpp runs this very file on the CPU, where there is no GPU.
 //
-// Forward: a thread block draws one 32 x 32 pixel tile of one image. Per block of markers it
-// writes the tile's column factors amp * g(dx) and row factors g(dy) into shared memory (64
-// exponentials per marker instead of 1024), then each of its 4 warps' threads keeps the running
-// max and winner of 8 pixels of one column with one multiply, one compare and two predicated
-// updates per pixel and marker (keep_greater).
+// Forward: a thread block draws one tile of one image, 32 rows by 32 columns, or 64 for float images
+// wider than 32. Per block of markers it writes the tile's column factors amp * g(dx) and row
+// factors g(dy) into shared memory (96 exponentials per marker instead of 2048 for a 64-column
+// tile), then each of its 4 warps' threads keeps the running max and winner of 8 rows of one or two
+// columns with one multiply, one compare and two predicated updates per pixel and marker
+// (keep_greater).
 //
 // Backward: a block takes consecutive pixels of one image, 8 per thread. A thread sums its pixels'
 // runs of equal winners in registers, a warp sums the runs that go on across lanes with shuffles,
@@ -23,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 namespace splatkern::kernels {
 
@@ -41,16 +43,15 @@ __device__ __forceinline__ scalar_t axis_factor(scalar_t exponent) {
 
 // --- forward ------------------------------------------------------------------------------------
 
-constexpr int kTileWidth = kWarpSize;  // one column per lane
 // 8 rows per thread rather than 4: the factor loads and the loop's bookkeeping then come to 1.0 of
 // its 5.0 instructions per pair (sm_90 SASS), against 1.3 of 5.3.
 constexpr int kRowsPerThread = 8;
 constexpr int kWarpsPerTile = 4;
 constexpr int kTileHeight = kWarpsPerTile * kRowsPerThread;
-constexpr int kForwardThreads = kTileWidth * kWarpsPerTile;
-// Markers whose factors are staged at once: 16 KB of shared memory for float, 32 KB for double.
+constexpr int kForwardThreads = kWarpSize * kWarpsPerTile;
+// Markers whose factors are staged at once: with kColumns = 2, 24 KB of shared memory for float.
 constexpr int kMarkerBlock = 64;
-static_assert(kTileHeight == kWarpSize, "each lane computes one row factor and one column factor per marker");
+static_assert(kTileHeight == kWarpSize, "each lane computes one row factor per marker");
 
 static_assert(kMarkerBlock <= kForwardThreads, "one thread stages each marker of a block");
 
@@ -118,34 +119,41 @@ __device__ __forceinline__ void keep_greater<float>(float value, int32_t n, int3
 #endif
 }
 
-// blockDim = (kTileWidth, kWarpsPerTile): lane = column in the tile, warp w owns rows 8w .. 8w + 7.
+// A tile is kTileHeight rows x 32 * kColumns columns. blockDim = (32, kWarpsPerTile): lane l owns
+// columns l, l + 32, .. of the tile and warp w rows 8w .. 8w + 7, so a thread keeps 8 x kColumns
+// pixels. Two columns per lane share each marker's row factors, their loads and the loop's
+// bookkeeping over twice the pixels, and halve the factor pass's share (launch_forward uses them
+// for float images wider than 32 columns).
 // The first tile of each image also checks its markers' values into *flaws: every marker is read
 // here anyway, so the checks cost no extra pass over the inputs and no extra launch.
-template <typename scalar_t>
+template <typename scalar_t, int kColumns>
 __global__ void __launch_bounds__(kForwardThreads)
     forward_kernel(const scalar_t* __restrict__ means, const scalar_t* __restrict__ sigmas,
                    const scalar_t* __restrict__ amps, int n_markers, int height, int width, int tiles_x,
                    int tiles_per_image, int32_t opaque_zero, scalar_t* __restrict__ image,
                    int32_t* __restrict__ index, int32_t* __restrict__ flaws) {
   __shared__ Marker<scalar_t> markers[kMarkerBlock];
-  __shared__ scalar_t col_factors[kMarkerBlock][kTileWidth];
+  __shared__ scalar_t col_factors[kMarkerBlock][kWarpSize * kColumns];
   __shared__ RowFactors<scalar_t> row_factors[kMarkerBlock][kWarpsPerTile];
 
   const int64_t b = blockIdx.x / tiles_per_image;
   const int tile = blockIdx.x % tiles_per_image;
-  const int x0 = (tile % tiles_x) * kTileWidth, y0 = (tile / tiles_x) * kTileHeight;
-  const int lane = threadIdx.x, warp = threadIdx.y, thread = warp * kTileWidth + lane;
+  const int x0 = (tile % tiles_x) * kWarpSize * kColumns, y0 = (tile / tiles_x) * kTileHeight;
+  const int lane = threadIdx.x, warp = threadIdx.y, thread = warp * kWarpSize + lane;
   means += b * n_markers * 2;
   sigmas += b * n_markers;
   amps += b * n_markers;
 
-  scalar_t best[kRowsPerThread];
-  int32_t winner[kRowsPerThread];
+  scalar_t best[kRowsPerThread][kColumns];
+  int32_t winner[kRowsPerThread][kColumns];
 #pragma unroll
   for (int r = 0; r < kRowsPerThread; ++r) {
-    // With finite values marker 0 always replaces this (other values raise after the kernel).
-    best[r] = -std::numeric_limits<scalar_t>::infinity();
-    winner[r] = 0;
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+      // With finite values marker 0 always replaces this (other values raise after the kernel).
+      best[r][c] = -std::numeric_limits<scalar_t>::infinity();
+      winner[r][c] = 0;
+    }
   }
 
   // Two barriers per marker block suffice: a thread rewrites `markers` only after the barrier
@@ -160,35 +168,46 @@ __global__ void __launch_bounds__(kForwardThreads)
       markers[thread] = make_marker(mx, my, sigma, amp);
     }
     __syncthreads();
-    // Warp w fills the factors of markers w, w + 4, ...; its lanes span the tile's 32 columns and 32 rows.
+    // Warp w fills the factors of markers w, w + 4, ...; its lanes span the tile's columns and 32 rows.
     for (int m = warp; m < count; m += kWarpsPerTile) {
       const Marker<scalar_t> marker = markers[m];
-      const scalar_t dx = scalar_t(x0 + lane) - marker.mx, dy = scalar_t(y0 + lane) - marker.my;
-      col_factors[m][lane] = marker.amp * axis_factor(dx * dx * marker.inv_2s2);
+#pragma unroll
+      for (int c = 0; c < kColumns; ++c) {
+        const scalar_t dx = scalar_t(x0 + lane + kWarpSize * c) - marker.mx;
+        col_factors[m][lane + kWarpSize * c] = marker.amp * axis_factor(dx * dx * marker.inv_2s2);
+      }
+      const scalar_t dy = scalar_t(y0 + lane) - marker.my;
       row_factors[m][lane / kRowsPerThread].of[lane % kRowsPerThread] = axis_factor(dy * dy * marker.inv_2s2);
     }
     __syncthreads();
 #pragma unroll 4
     for (int m = 0; m < count; ++m) {
-      const scalar_t col = col_factors[m][lane];
+      scalar_t cols[kColumns];
+#pragma unroll
+      for (int c = 0; c < kColumns; ++c) cols[c] = col_factors[m][lane + kWarpSize * c];
       const RowFactors<scalar_t> rows = row_factors[m][warp];
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) {
-        keep_greater(rows.of[r] * col, m0 + m, opaque_zero, best[r], winner[r]);
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+          keep_greater(rows.of[r] * cols[c], m0 + m, opaque_zero, best[r][c], winner[r][c]);
+        }
       }
     }
   }
 
-  const int x = x0 + lane;
-  if (x >= width) return;
   const int64_t image_offset = b * height * width;
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    const int y = y0 + warp * kRowsPerThread + r;
-    if (y < height) {
-      const int64_t pixel = image_offset + int64_t(y) * width + x;
-      image[pixel] = best[r];
-      index[pixel] = winner[r];
+  for (int c = 0; c < kColumns; ++c) {
+    const int x = x0 + lane + kWarpSize * c;
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int y = y0 + warp * kRowsPerThread + r;
+      if (x < width && y < height) {
+        const int64_t pixel = image_offset + int64_t(y) * width + x;
+        image[pixel] = best[r][c];
+        index[pixel] = winner[r][c];
+      }
     }
   }
 }
@@ -436,11 +455,17 @@ template <typename scalar_t, typename Launch>
 void launch_forward(const Launch& launch, const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps,
                     int64_t batch, int n_markers, int height, int width, scalar_t* image, int32_t* index,
                     int32_t* flaws) {
-  const int64_t tiles_x = ceil_div(width, kTileWidth);
+  // Two columns per lane where the image is wider than one lane's worth; double's factors for two
+  // would not fit in shared memory (50 KB).
+  auto kernel = forward_kernel<scalar_t, 1>;
+  int columns = 1;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (width > kWarpSize) kernel = forward_kernel<scalar_t, 2>, columns = 2;
+  }
+  const int64_t tiles_x = ceil_div(width, kWarpSize * columns);
   const int64_t tiles_per_image = tiles_x * ceil_div(height, kTileHeight);
-  launch("the forward", forward_kernel<scalar_t>, batch * tiles_per_image, dim3(kTileWidth, kWarpsPerTile), means,
-         sigmas, amps, n_markers, height, width, int(tiles_x), int(tiles_per_image), /*opaque_zero=*/0, image, index,
-         flaws);
+  launch("the forward", kernel, batch * tiles_per_image, dim3(kWarpSize, kWarpsPerTile), means, sigmas, amps,
+         n_markers, height, width, int(tiles_x), int(tiles_per_image), /*opaque_zero=*/0, image, index, flaws);
 }
 
 // The backward's blocks: as many whole warps as an image's pixels need, up to kBackwardThreads.
