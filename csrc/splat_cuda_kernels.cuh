@@ -300,9 +300,9 @@ constexpr int kMaxBackwardWarps = kBackwardThreads / kWarpSize;
 template <typename scalar_t, bool kDeterministic>
 constexpr int kMarkerChunk = kDeterministic ? 32768 / (kMaxBackwardWarps * int(sizeof(Terms<scalar_t>))) : 512;
 
-// A thread's kPixelsPerThread pixels of a [B, H, W] tensor from `from`: with four 16-byte loads
-// where `vector` (the host checked the alignment; then pixels % 4 == 0, so a thread has all 8 or
-// none), else one element at a time, `fill` past the end.
+// A thread's kPixelsPerThread pixels of a [B, H, W] tensor from `from`: with 16-byte loads (two for
+// 4-byte elements) where `vector` (the host checked the alignment: aligned pointers, pixels % 4 == 0)
+// and the thread has all 8, else one element at a time, `fill` past the end.
 template <typename T>
 __device__ __forceinline__ void load_pixels(const T* from, int count, bool vector, T fill,
                                             T (&to)[kPixelsPerThread]) {
