@@ -1,6 +1,7 @@
 """What every backend test shares: the backends to test, random markers, the mask of pixels whose
-winner is certain, rendering with gradients, the tolerance table and the comparison with the oracle;
-and where cuobjdump is, for the tests that read compiled GPU code.
+winner is certain, rendering with gradients, the tolerance table and the comparison with the oracle,
+the facts that test_backends.py and test_cuda_emulated.py both check; and where cuobjdump is, for the
+tests that read compiled GPU code.
 
 The oracle is ``splat_render_reference`` in float64 on the very (dtype-rounded) inputs the backend saw.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import shutil
 from pathlib import Path
 
@@ -122,12 +124,17 @@ def clear_pixels(means, sigmas, amps, height, width):
 # --- rendering and comparing ----------------------------------------------------------------------
 
 
+def renderer(backend):
+    """splat_render with `backend` given: a backend name, or already a callable with splat_render's
+    signature (tests/test_cuda_emulated.py renders through the emulated CUDA kernels that way)."""
+    return backend if callable(backend) else functools.partial(splatkern.splat_render, backend=backend)
+
+
 def render_with_grads(backend, means, sigmas, amps, height, width, upstream, **kwargs):
     """Image, winner map, and the gradients of sum(image * upstream) w.r.t. means, sigmas, amps.
-    `backend` is a splat_render backend name, or a callable with splat_render's signature."""
+    `backend`: as renderer takes it."""
     leaves = [t.detach().clone().requires_grad_() for t in (means, sigmas, amps)]
-    render = backend if callable(backend) else functools.partial(splatkern.splat_render, backend=backend)
-    image, index = render(*leaves, height=height, width=width, return_index=True, **kwargs)
+    image, index = renderer(backend)(*leaves, height=height, width=width, return_index=True, **kwargs)
     if not image.requires_grad:  # the reference's image for N = 0 does not depend on the markers
         return image, index, [torch.zeros_like(t) for t in leaves]
     grads = torch.autograd.grad(image, leaves, upstream.to(image.dtype), allow_unused=True)
@@ -179,6 +186,53 @@ def assert_matches_reference(backend, means, sigmas, amps, height, width, *, cle
     assert torch.equal(index[clear], ref_index[clear])
     assert_grads_close(grads, ref_grads, dtype)
     return image, index, grads, clear
+
+
+# --- facts more than one test module checks ---------------------------------------------------------
+
+
+def check_exact_ties_go_to_the_lowest_index(backend, device, dtype):
+    """Exact copies of marker 1 (the brightest, at the centre) in the same Triton marker block (2), in
+    Triton's next forward block (5) and in CUDA's next marker block (65) never win, nor get gradient."""
+    height, width, copies = 11, 13, [2, 5, 65]
+    means, sigmas, amps = make_markers((2,), 70, height, width, dtype=dtype, device=device, seed=3)
+    means[:, 1] = torch.tensor([6.0, 5.0], dtype=dtype, device=device)
+    sigmas[:, 1], amps[:, 1] = 2.0, 1.5
+    others = [n for n in range(70) if n not in copies]
+    # Where the winner is certain without the copies, it is marker 1 wherever a copy ties with it.
+    clear = clear_pixels(means[:, others], sigmas[:, others], amps[:, others], height, width)
+    for n in copies:
+        means[:, n], sigmas[:, n], amps[:, n] = means[:, 1], sigmas[:, 1], amps[:, 1]
+
+    _, index, grads, _ = assert_matches_reference(backend, means, sigmas, amps, height, width, clear=clear)
+    assert (index == 1).sum() > 10
+    assert not torch.isin(index, torch.tensor(copies, dtype=torch.int32, device=device)).any()
+    for grad in grads:
+        assert (grad[:, copies] == 0).all()
+        assert (grad[:, 1] != 0).all()
+
+
+def check_axis_factors_flush_at_the_contract_exponent(backend, device, dtype):
+    """A per-axis factor exp(-e) is flushed to zero exactly when e > -0.5 * log(smallest normal), in
+    the forward and in the backward's e (the contract; csrc/splat_constants.h kFlushExponent for C++)."""
+    threshold = -0.5 * math.log(torch.finfo(dtype).tiny)
+    below, above = threshold * (1 - 1e-3), threshold * (1 + 1e-3)
+    # Four one-pixel images, one marker each (sigma 1, amp 1), offset from the pixel along x or y
+    # by sqrt(2 e): that axis's exponent is e, the other's 0.
+    offsets = [-math.sqrt(2 * e) for e in (below, above)]
+    means = torch.tensor([[[offsets[0], 0.0]], [[offsets[1], 0.0]], [[0.0, offsets[0]]], [[0.0, offsets[1]]]])
+    means = means.to(device, dtype)
+    sigmas = torch.ones(4, 1, device=device, dtype=dtype)
+    amps = torch.ones(4, 1, device=device, dtype=dtype, requires_grad=True)
+
+    image = renderer(backend)(means, sigmas, amps, height=1, width=1)
+    (grad_amps,) = torch.autograd.grad(image.sum(), amps)  # d image / d amp is the backward's e
+
+    kept = math.exp(-below)
+    assert image.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+    assert grad_amps.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+    # The oracle does not flush: what is checked here is the kernels' own rule.
+    assert (splat_render_reference(means.double(), sigmas.double(), amps.detach().double(), 1, 1)[0] > 0).all()
 
 
 # --- reading compiled GPU code ----------------------------------------------------------------------

@@ -25,6 +25,8 @@ from support import (
     WITH_ATOMIC_BACKWARD,
     assert_grads_close,
     assert_matches_reference,
+    check_axis_factors_flush_at_the_contract_exponent,
+    check_exact_ties_go_to_the_lowest_index,
     clear_pixels,
     is_interpreted,
     make_markers,
@@ -179,25 +181,8 @@ def test_gradients_of_small_markers_far_from_the_origin(device, backend, dtype):
 @pytest.mark.parametrize("device, backend", ALL_CASES)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 def test_exact_ties_go_to_the_lowest_index(device, backend, dtype):
-    """Exact copies of marker 1 (the brightest, at the centre) in the same Triton marker block (2), in
-    Triton's next forward block (5) and in CUDA's next marker block (65) never win, nor get gradient."""
     require(device, backend)
-    height, width, copies = 11, 13, [2, 5, 65]
-    means, sigmas, amps = make_markers((2,), 70, height, width, dtype=dtype, device=device, seed=3)
-    means[:, 1] = torch.tensor([6.0, 5.0], dtype=dtype, device=device)
-    sigmas[:, 1], amps[:, 1] = 2.0, 1.5
-    others = [n for n in range(70) if n not in copies]
-    # Where the winner is certain without the copies, it is marker 1 wherever a copy ties with it.
-    clear = clear_pixels(means[:, others], sigmas[:, others], amps[:, others], height, width)
-    for n in copies:
-        means[:, n], sigmas[:, n], amps[:, n] = means[:, 1], sigmas[:, 1], amps[:, 1]
-
-    _, index, grads, _ = assert_matches_reference(backend, means, sigmas, amps, height, width, clear=clear)
-    assert (index == 1).sum() > 10
-    assert not torch.isin(index, torch.tensor(copies, dtype=torch.int32, device=device)).any()
-    for grad in grads:
-        assert (grad[:, copies] == 0).all()
-        assert (grad[:, 1] != 0).all()
+    check_exact_ties_go_to_the_lowest_index(backend, device, dtype)
 
 
 @pytest.mark.parametrize("device, backend", ALL_CASES)
@@ -422,27 +407,8 @@ def test_value_checks_see_every_image_and_marker_block(device, backend):
 @pytest.mark.parametrize("device, backend", FUSED_CASES)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 def test_axis_factors_flush_at_the_contract_exponent(device, backend, dtype):
-    """A per-axis factor exp(-e) is flushed to zero exactly when e > -0.5 * log(smallest normal), in
-    the forward and in the backward's e (the contract; csrc/splat.h kFlushExponent for C++)."""
     require(device, backend)
-    threshold = -0.5 * math.log(torch.finfo(dtype).tiny)
-    below, above = threshold * (1 - 1e-3), threshold * (1 + 1e-3)
-    # Four one-pixel images, one marker each (sigma 1, amp 1), offset from the pixel along x or y
-    # by sqrt(2 e): that axis's exponent is e, the other's 0.
-    offsets = [-math.sqrt(2 * e) for e in (below, above)]
-    means = torch.tensor([[[offsets[0], 0.0]], [[offsets[1], 0.0]], [[0.0, offsets[0]]], [[0.0, offsets[1]]]])
-    means = means.to(device, dtype)
-    sigmas = torch.ones(4, 1, device=device, dtype=dtype)
-    amps = torch.ones(4, 1, device=device, dtype=dtype, requires_grad=True)
-
-    image = splat_render(means, sigmas, amps, height=1, width=1, backend=backend)
-    (grad_amps,) = torch.autograd.grad(image.sum(), amps)  # d image / d amp is the backward's e
-
-    kept = math.exp(-below)
-    assert image.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
-    assert grad_amps.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
-    # The oracle does not flush: what is checked here is the kernels' own rule.
-    assert (splat_render_reference(means.double(), sigmas.double(), amps.detach().double(), 1, 1)[0] > 0).all()
+    check_axis_factors_flush_at_the_contract_exponent(backend, device, dtype)
 
 
 # --- raw ops ------------------------------------------------------------------------------------------

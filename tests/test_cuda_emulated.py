@@ -20,7 +20,13 @@ import pytest
 import torch
 
 from splatkern.checks import FLAW_MESSAGES
-from support import assert_matches_reference, make_markers, random_like_image
+from support import (
+    assert_matches_reference,
+    check_axis_factors_flush_at_the_contract_exponent,
+    check_exact_ties_go_to_the_lowest_index,
+    make_markers,
+    random_like_image,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPE_NAMES = {torch.float32: "float", torch.float64: "double"}
@@ -162,36 +168,14 @@ def test_matches_reference(emulator, shape, dtype, deterministic):
     assert_matches_reference(emulated_cuda(emulator), means, sigmas, amps, height, width, deterministic=deterministic)
 
 
-def test_exact_ties_go_to_the_lowest_index(emulator):
-    """Copies of the brightest marker in its own marker block (2) and the next one (65) never win."""
-    height, width, copies = 11, 13, [2, 65]
-    means, sigmas, amps = make_markers((2,), 70, height, width, seed=3)
-    means[:, 1] = torch.tensor([6.0, 5.0])
-    sigmas[:, 1], amps[:, 1] = 2.0, 1.5
-    for n in copies:
-        means[:, n], sigmas[:, n], amps[:, n] = means[:, 1], sigmas[:, 1], amps[:, 1]
-    leaves = [t.requires_grad_() for t in (means, sigmas, amps)]
-    image, index = emulated_cuda(emulator)(*leaves, height=height, width=width, return_index=True)
-    (image * random_like_image(image.shape).float()).sum().backward()
-    assert (index == 1).sum() > 10
-    assert not torch.isin(index, torch.tensor(copies, dtype=torch.int32)).any()
-    for leaf in leaves:
-        assert (leaf.grad[:, copies] == 0).all() and (leaf.grad[:, 1] != 0).all()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_exact_ties_go_to_the_lowest_index(emulator, dtype):
+    check_exact_ties_go_to_the_lowest_index(emulated_cuda(emulator), "cpu", dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_axis_factors_flush_at_the_contract_exponent(emulator, dtype):
-    """exp(-e) per axis is zero exactly when e > -0.5 log(smallest normal), forward and backward."""
-    threshold = -0.5 * math.log(torch.finfo(dtype).tiny)
-    below, above = threshold * (1 - 1e-3), threshold * (1 + 1e-3)
-    offsets = [-math.sqrt(2 * e) for e in (below, above)]
-    means = torch.tensor([[[offsets[0], 0.0]], [[offsets[1], 0.0]], [[0.0, offsets[0]]], [[0.0, offsets[1]]]], dtype=dtype)
-    amps = torch.ones(4, 1, dtype=dtype, requires_grad=True)
-    image = emulated_cuda(emulator)(means, torch.ones(4, 1, dtype=dtype), amps, height=1, width=1)
-    (grad_amps,) = torch.autograd.grad(image.sum(), amps)
-    kept = math.exp(-below)
-    assert image.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
-    assert grad_amps.flatten().tolist() == [pytest.approx(kept, rel=1e-3), 0.0] * 2
+    check_axis_factors_flush_at_the_contract_exponent(emulated_cuda(emulator), "cpu", dtype)
 
 
 @pytest.mark.parametrize("tensor, where, value, bit", [
