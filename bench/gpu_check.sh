@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, for a bare GPU machine (H100/H200 with torch, triton, nvcc and
-# pytest installed, no network): build splatkern for sm_90, check the CUDA forward's SASS, run the
-# GPU tests, run the GPU benchmarks, then the quick CPU tests if time is left. Every step has a time
-# limit, is logged, and a failure does not stop the next step. Run from anywhere:
+# pytest installed, no network): build splatkern for sm_90, check the CUDA kernels' SASS, run the
+# GPU tests, run the GPU benchmarks, then the Triton block sweep with the time left. Every step has a
+# time limit, is logged, and a failure does not stop the next step. Run from anywhere:
 #
 #   bash bench/gpu_check.sh
 #
-# Results (the log, with nvidia-smi in it, and the benchmark's JSON/Markdown/plots, written as it
-# goes so that a run cut short keeps what it measured) go to ${OUT:-bench/results}/<device>/gpu/,
-# where bench/run.py puts its gpu preset:
-# 7 files (the device tool brings back 8). GPU_CHECK_BUDGET_S (default 480) bounds the whole run;
+# Results, written as they come so that a run cut short keeps what it measured, go to
+# ${OUT:-bench/results}/<device>/: in gpu/ (where bench/run.py puts its gpu preset) the log, with
+# nvidia-smi in it, and the benchmark's JSON/Markdown/plots, 7 files; in triton_sweep/ the sweep's
+# JSON alone, as the device tool brings back 8 files (`python bench/triton_sweep.py --report DIR`
+# renders its Markdown). GPU_CHECK_BUDGET_S (default 480) bounds the whole run;
 # PYTHON (default python3) picks the interpreter. Tests run in parallel processes (pytest-xdist)
 # and under a per-test time limit (pytest-timeout) where those plugins are installed.
 set -u
@@ -78,8 +79,13 @@ run_step gpu-tests $(($(left) - 150 < 240 ? $(left) - 150 : 240)) \
   "$PYTHON" -m pytest tests -m gpu "${PYTEST_ARGS[@]}"
 run_step bench $(($(left) - 15 < 300 ? $(left) - 15 : 300)) \
   "$PYTHON" bench/run.py --preset gpu --out "$OUT_DIR"
-run_step cpu-tests $(($(left) - 10)) \
-  "$PYTHON" -m pytest tests -m "not gpu and not slow" "${PYTEST_ARGS[@]}"
+# The sweep rewrites its JSON after every size (the issue's two target sizes first) and starts no
+# size after its own budget; a size cut off by the step's limit is lost, the ones before it are kept.
+run_step sweep $(($(left) - 10)) "$PYTHON" bench/triton_sweep.py --out "$SCRATCH/sweep" --budget-s $(($(left) - 60))
+if [ -f "$SCRATCH/sweep/triton_sweep.json" ]; then
+  mkdir -p "${OUT:-bench/results}/$device_dir/triton_sweep"
+  cp "$SCRATCH/sweep/triton_sweep.json" "${OUT:-bench/results}/$device_dir/triton_sweep/"
+fi
 
 say "summary (device: ${device:-none}):"
 printf '  %s\n' "${SUMMARY[@]}" | tee -a "$LOG"

@@ -1,6 +1,7 @@
 """Time the Triton kernels' block sizes on a GPU, to choose the table in splatkern/triton_kernels.py.
 
     python bench/triton_sweep.py [--out DIR] [--budget-s SECONDS]
+    python bench/triton_sweep.py --report DIR    # (no GPU) DIR/triton_sweep.md from DIR/triton_sweep.json
 
 For each size below, every candidate forward block and every candidate backward block runs the
 kernel launcher (``triton_kernels.forward`` / ``backward`` with an explicit ``config``) captured in a
@@ -10,7 +11,8 @@ the table's own (the one the tests check against the reference): the forward's i
 must be identical, the backward's gradients equal within float32 summation-order rounding.
 
 Writes triton_sweep.json and triton_sweep.md to DIR (default bench/results/<device>/triton_sweep/)
-after every size, so a run cut short keeps what it measured.
+after every size, so a run cut short keeps what it measured. bench/gpu_check.sh brings back only the
+JSON (the device tool returns at most 8 files); ``--report`` renders the Markdown from it.
 """
 
 from __future__ import annotations
@@ -132,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop starting new sizes after this long")
+    parser.add_argument("--report", type=Path, metavar="DIR", help="only write DIR/triton_sweep.md from its JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        results = json.loads((args.report / "triton_sweep.json").read_text())
+        (args.report / "triton_sweep.md").write_text(markdown(results))
+        return 0
     if not torch.cuda.is_available():
         print("bench/triton_sweep.py needs a CUDA device", file=sys.stderr)
         return 2

@@ -79,9 +79,10 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
             assert image.format == "PNG" and image.width > 100 and image.height > 100
 
 
-def test_triton_sweep_times_and_checks_each_candidate(monkeypatch):
+def test_triton_sweep_times_and_checks_each_candidate(monkeypatch, tmp_path):
     """bench/triton_sweep.py's per-size work, on CPU tensors under the interpreter with one candidate of
-    each kind (on a GPU it times graph replays): every candidate is timed and checked against the table."""
+    each kind (on a GPU it times graph replays): every candidate is timed and checked against the table;
+    --report renders the same table from the JSON (what bench/gpu_check.sh brings back)."""
     from support import require  # noqa: PLC0415
 
     require("cpu", "triton")
@@ -97,6 +98,10 @@ def test_triton_sweep_times_and_checks_each_candidate(monkeypatch):
     assert rows["forward"]["image_equal"] and rows["forward"]["index_mismatches"] == 0
     assert rows["backward"]["grads_max_rel_diff"] < 1e-5
     assert all(row["median_s"] > 0 and row["best_s"] <= row["median_s"] for row in point["rows"])
-    table = triton_sweep.markdown(dict(device="cpu", torch=torch.__version__, triton="-", commit="-", points=[point]))
+    results = dict(device="cpu", torch=torch.__version__, triton="-", commit="-", points=[point])
+    table = triton_sweep.markdown(results)
     assert "| ROW_REPEATS=2 COL_REPEATS=2 ROW_SPAN=4 COL_SPAN=8 num_warps=1 |" in table
     assert "| BLOCK_PIX=64 num_warps=1 |" in table
+    (tmp_path / "triton_sweep.json").write_text(json.dumps(results))
+    assert triton_sweep.main(["--report", str(tmp_path)]) == 0
+    assert (tmp_path / "triton_sweep.md").read_text() == table
