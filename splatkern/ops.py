@@ -8,7 +8,6 @@ one backend. Value checks (finite inputs, sigmas > 0) run inside the backend's o
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 import os
@@ -46,17 +45,25 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     return list(_available_backends(torch.device(device).type))
 
 
-@functools.cache  # fixed for the process: the extension, triton and TRITON_INTERPRET are read at import
+# Fixed for the process: the extension, triton and TRITON_INTERPRET are read at import.
+_AVAILABLE: dict[str, tuple[str, ...]] = {}
+
+
+# A constant to torch.compile: traced, a cached function warns the user (functools.cache) or adds
+# guards on the cache (a dict).
+@torch.compiler.assume_constant_result
 def _available_backends(device_type: str) -> tuple[str, ...]:
-    usable = {
-        "reference": True,
-        "cpu": device_type == "cpu" and "CPU" in _extension.KERNEL_KEYS,
-        "cuda": device_type == "cuda" and "CUDA" in _extension.KERNEL_KEYS,
-        "triton": _triton_usable(device_type),
-    }
-    order = AUTO_ORDER.get(device_type, ("reference",))
-    # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
-    return tuple(name for name in dict.fromkeys((*order, "triton")) if usable[name])
+    if device_type not in _AVAILABLE:
+        usable = {
+            "reference": True,
+            "cpu": device_type == "cpu" and "CPU" in _extension.KERNEL_KEYS,
+            "cuda": device_type == "cuda" and "CUDA" in _extension.KERNEL_KEYS,
+            "triton": _triton_usable(device_type),
+        }
+        order = AUTO_ORDER.get(device_type, ("reference",))
+        # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
+        _AVAILABLE[device_type] = tuple(name for name in dict.fromkeys((*order, "triton")) if usable[name])
+    return _AVAILABLE[device_type]
 
 
 # --- torch.library registrations: one forward/backward op pair per fused backend ------------------
