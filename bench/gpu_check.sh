@@ -27,6 +27,7 @@ device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n
 device_dir=$("$PYTHON" -c 'import sys; from bench import results_folder_name as f; print(f(sys.argv[1]))' \
   "${device:-unknown-gpu}" || echo unknown-gpu)
 OUT_DIR="${OUT:-bench/results}/$device_dir/gpu"
+SWEEP_DIR="${OUT:-bench/results}/$device_dir/triton_sweep"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 : >"$LOG"
@@ -83,8 +84,7 @@ run_step bench $(($(left) - 15 < 300 ? $(left) - 15 : 300)) \
 # size after its own budget; a size cut off by the step's limit is lost, the ones before it are kept.
 run_step sweep $(($(left) - 10)) "$PYTHON" bench/triton_sweep.py --out "$SCRATCH/sweep" --budget-s $(($(left) - 60))
 if [ -f "$SCRATCH/sweep/triton_sweep.json" ]; then
-  mkdir -p "${OUT:-bench/results}/$device_dir/triton_sweep"
-  cp "$SCRATCH/sweep/triton_sweep.json" "${OUT:-bench/results}/$device_dir/triton_sweep/"
+  mkdir -p "$SWEEP_DIR" && cp "$SCRATCH/sweep/triton_sweep.json" "$SWEEP_DIR/"
 fi
 
 say "summary (device: ${device:-none}):"
