@@ -1,4 +1,4 @@
-"""Benchmarks of splat_render: every available backend against the reference and torch.compile (README.md)."""
+"""Benchmarks of splat_render: every available backend against the reference and torch.compile (bench/README.md)."""
 
 import re
 

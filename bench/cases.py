@@ -16,9 +16,9 @@ COMPILED = "compile(reference)"  # torch.compile of splatkern.reference.splat_re
 GRAPHED = "+graph"  # suffix: the fused GPU backend's calls captured once in a CUDA graph, then replayed
 DETERMINISTIC = "+deterministic"  # suffix (before GRAPHED): the backward with deterministic=True
 MODES = ("forward", "forward+backward")
-# The reference materialises [B, N, H, W] several times: measured here, its forward+backward peaks
-# at about 6x one such float32 tensor (B=256, N=64, 28x28: 301 MiB against 49 MiB). Sizes that would
-# not fit in half the free memory with this margin are skipped rather than run out of memory.
+# The reference materialises [B, N, H, W] several times: its forward+backward peaks at about six
+# such float32 tensors. Sizes that would not fit in half the free memory with this margin are
+# skipped rather than run out of memory.
 REFERENCE_TENSORS = 8
 
 

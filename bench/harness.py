@@ -3,7 +3,7 @@
 Peak memory is the memory the call adds on top of what existed before it: on CUDA what torch's
 caching allocator hands out (``max_memory_allocated``); on CPU the rise of the process's resident
 set high-water mark (``VmHWM``), which sees every allocation the call touches, including
-``std::vector`` scratch inside C++ kernels that torch's CPU allocator never reports. README.md
+``std::vector`` scratch inside C++ kernels that torch's CPU allocator never reports. bench/README.md
 explains why the CPU measure is set up as it is.
 """
 

@@ -1,4 +1,4 @@
-"""The hardware's limit for splat_render under the separable formulation (README.md, "Hardware limit").
+"""The hardware's limit for splat_render under the separable formulation (bench/README.md, "Hardware limit").
 
 Per marker-pixel pair the forward does one multiply, one compare and two selects; per image it
 writes its output and the backward reads its upstream gradient and the winner map. A case's limit

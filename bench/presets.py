@@ -2,7 +2,7 @@
 
 Sweeps vary one of batch, markers and resolution around a base point (not the full cartesian
 product); a size that appears in several sweeps is measured once and carries every sweep's tag.
-"key" points are the ones the speed-up plot and the README's targets are about.
+"key" points are the ones the speed-up plot and the performance summary are about.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from bench.cases import Point
 
 SWEEP_TAGS = ("batch", "markers", "resolution")
-# Issue 2's CPU targets; issue 3's GPU targets.
+# The sizes the performance summary reports: two on CPU, two on GPU.
 HEADLINE = (Point(256, 64, 28, 28), Point(64, 256, 64, 64))
 GPU_TARGETS = (Point(1024, 64, 28, 28), Point(256, 256, 128, 128))
 
@@ -65,13 +65,13 @@ PRESETS = {
         min_sample_s=0.002, samples=3, max_case_s=0.5, training_steps=3, training_batches=(16,),
     ),
     "headline": Preset(
-        "issue 2's two CPU target sizes only",
+        "the two CPU headline sizes only: B=256, N=64, 28x28 and B=64, N=256, 64x64",
         tagged(HEADLINE, "key"),
         min_sample_s=0.05, samples=15, max_case_s=30.0, training_steps=0,
     ),
     "full": Preset(
         "one-at-a-time sweeps around B=64, N=64, 64x64: B in {1, 64, 1024}, N in {10, 25, 64, 256}, "
-        "resolution in {28, 64, 128, 256}; plus issue 2's CPU target sizes",
+        "resolution in {28, 64, 128, 256}; plus the two CPU headline sizes",
         merge(sweep(Point(64, 64, 64, 64), batch=(1, 64, 1024), markers=(10, 25, 64, 256),
                     resolution=(28, 64, 128, 256)), tagged(HEADLINE, "key")),
         min_sample_s=0.05, samples=15, max_case_s=30.0, training_steps=50,
@@ -81,7 +81,7 @@ PRESETS = {
         {}, min_sample_s=0.05, samples=15, max_case_s=30.0, training_steps=50,
     ),
     "gpu": Preset(
-        "issue 3's GPU targets and large sizes: B in {1, 64, 256, 1024, 4096} at N=64, 28x28; "
+        "the two GPU headline sizes and large sizes: B in {1, 64, 256, 1024, 4096} at N=64, 28x28; "
         "N in {10, 25, 64, 256} at B=256, 128x128; resolution in {28, 64, 128, 256} at B=256, N=64; "
         "B=4096, N=256, 64x64 and B=1024, N=256, 256x256 (the reference is skipped where it does not fit)",
         merge(sweep(Point(1024, 64, 28, 28), batch=(1, 64, 256, 1024, 4096)),

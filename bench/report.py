@@ -117,6 +117,8 @@ def training_markdown(training: dict) -> list[str]:
     lines = ["## Training throughput (velocity-gesture autoencoder, Adam, MSE)", ""]
     if "skipped" in training:
         return [*lines, f"Skipped: {training['skipped']}."]
+    if "error" in training:
+        return [*lines, f"Failed: {training['error']}."]
     lines += [f"Data: {training['data']}; per row {training['warmup_steps']} warm-up and {training['timed_steps']} "
               "timed steps (images/s over the timed ones; render = the model's splat_render calls alone).", "",
               "| backend | batch | images/s | step median ms | step IQR ms | render ms (fwd+bwd) | render share |",

@@ -1,16 +1,17 @@
-"""pytest-benchmark: forward and forward+backward of every available implementation at issue 2's
-headline size. Run with ``pytest bench/ --benchmark-only`` (not part of the unit tests in tests/)."""
+"""pytest-benchmark: forward and forward+backward of every available implementation at the first
+CPU headline size. Run with ``pytest bench/ --benchmark-only`` (not part of the unit tests in tests/)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.cases import Point, implementations, make_case, modes_of
+from bench.cases import implementations, make_case, modes_of
 from bench.harness import synchronize
+from bench.presets import HEADLINE as HEADLINE_SIZES
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-HEADLINE = Point(256, 64, 28, 28)
+HEADLINE = HEADLINE_SIZES[0]
 IMPLEMENTATIONS, EXCLUDED = implementations(DEVICE)
 ROUNDS = 10
 

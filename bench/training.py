@@ -1,9 +1,9 @@
 """Training throughput of the velocity-gesture autoencoder per backend, and the render's share of a step.
 
-The model comes from ``splatkern.models``; this file needs only the interface below
-(``build_gesture_model``) and skips the section, saying why, when it is missing. One step is the
-training loop's: Adam (lr 1e-3) on the pixel MSE. The epoch-slice for batch size B and S timed steps
-is the first (WARMUP_STEPS + S) * B training images, in order; images/s = S * B / (their time).
+The model comes from ``splatkern.models`` (``build_gesture_model``, the one place that knows it); a
+model that fails to build fails the run, as a kernel that fails does. One step is the training
+loop's: Adam (lr 1e-3) on the pixel MSE. The epoch-slice for batch size B and S timed steps is the
+first (WARMUP_STEPS + S) * B training images, in order; images/s = S * B / (their time).
 
 The render's share: the ``splat_render`` calls one forward of the model makes are recorded (their
 arguments, via ``sys.setprofile``, so the model needs no hook), and those calls' forward+backward
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 import splatkern.ops
 from bench.harness import interquartile_range, synchronize, time_calls
+from splatkern import data
+from splatkern.models import ModelConfig, build_model
 
 WARMUP_STEPS = 2
 LEARNING_RATE = 1e-3  # the article's
@@ -29,30 +31,17 @@ LEARNING_RATE = 1e-3  # the article's
 
 def build_gesture_model(backend: str) -> torch.nn.Module:
     """The article's gesture autoencoder drawing with `backend`: ``model(images [B, 28, 28])``
-    returns ``(reconstruction [B, 28, 28], commands)``. The one place that knows splatkern.models."""
-    from splatkern.models import ModelConfig, build_model  # noqa: PLC0415 - optional until merged
-
+    returns ``(reconstruction [B, 28, 28], commands)``."""
     return build_model(ModelConfig(model="gesture", backend=backend))
 
 
 def load_images(count: int, data_dir: Path) -> tuple[torch.Tensor, str]:
     """`count` training images [count, 28, 28] (cycled if the set is smaller), and where they came from."""
-    from splatkern import data  # noqa: PLC0415 - arrives with splatkern.models
-
     try:
         images, source = data.load("mnist", "train", data_dir, download=False, limit=count).images, "MNIST train"
     except data.DatasetNotFound:
         images, source = data.load("digits", "train").images, f"scikit-learn digits (no MNIST in {data_dir})"
     return images[torch.arange(count) % len(images)], source
-
-
-def unavailable() -> str | None:
-    """Why the section cannot run here, or None."""
-    try:
-        build_gesture_model("reference")
-    except (ImportError, AttributeError, TypeError) as error:
-        return f"splatkern.models does not offer the gesture model this section needs ({type(error).__name__}: {error})"
-    return None
 
 
 def training_throughput(backends: list[str], batches: tuple[int, ...], steps: int, device: torch.device,

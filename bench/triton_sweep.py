@@ -34,15 +34,15 @@ from bench import results_folder_name  # noqa: E402
 from bench.cases import Point, captured_in_cuda_graph, make_inputs  # noqa: E402
 from bench.harness import time_calls  # noqa: E402
 
-# The two target sizes first, then the large ones.
+# The two GPU headline sizes first, then the large ones.
 SIZES = [Point(1024, 64, 28, 28), Point(256, 256, 128, 128), Point(4096, 256, 64, 64), Point(1024, 256, 256, 256)]
 
 # Forward: (num_warps, ROW_REPEATS, COL_REPEATS); a warp's lanes cover 4 rows x 8 columns, warps
 # stacked, so the tile is (ROW_REPEATS * 4 * num_warps) x (COL_REPEATS * 8) pixels, and each thread
 # computes ROW_REPEATS + COL_REPEATS exponentials per marker for ROW_REPEATS x COL_REPEATS pixels.
 FORWARD_SHAPES = [(1, 8, 4), (2, 4, 4), (4, 2, 4), (1, 4, 4), (1, 8, 8), (2, 8, 4), (4, 4, 4), (2, 4, 8)]
-# Backward: pixels per program and warps. 64 and 128 were not in the H100 run (256 won there, at the
-# low end); at 28 x 28 they would waste fewer of a program's slots (784 pixels: 4 x 256 or 7 x 128).
+# Backward: pixels per program and warps. 64 and 128 are candidates because at 28 x 28 they waste
+# fewer of a program's slots (784 pixels: 4 x 256 or 7 x 128).
 BACKWARD_PIXELS = [64, 128, 256, 512, 1024, 2048]
 BACKWARD_WARPS = [1, 2, 4, 8, 16]
 MAX_PIXELS_PER_THREAD = 16

@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <ATen/ATen.h>
 
+#include <iterator>
+
 
 // Importing the built module (splatkern._C) runs the static registrations below.
 extern "C" {
@@ -25,14 +27,13 @@ std::string piece(c10::IntArrayRef sizes) {
 }  // namespace text
 
 void raise_marker_flaws(int32_t flaws) {
-  TORCH_CHECK_VALUE(!(flaws & kMeansNonfinite), "splat_render: means must be finite (found NaN or inf)");
-  TORCH_CHECK_VALUE(!(flaws & kSigmasNonfinite), "splat_render: sigmas must be finite (found NaN or inf)");
-  TORCH_CHECK_VALUE(!(flaws & kSigmasNonpositive), "splat_render: sigmas must be > 0 (found a value <= 0)");
-  TORCH_CHECK_VALUE(!(flaws & kAmpsNonfinite), "splat_render: amps must be finite (found NaN or inf)");
+  for (size_t bit = 0; bit < std::size(kFlawMessages); ++bit) {
+    TORCH_CHECK_VALUE(!(flaws >> bit & 1), kFlawMessages[bit]);
+  }
 }
 
 void raise_bad_index(bool found, int64_t n_markers) {
-  TORCH_CHECK_VALUE(!found, message("splat_backward: index holds values outside [0, ", n_markers, ")"));
+  TORCH_CHECK_VALUE(!found, message(kBadIndexBefore, n_markers, kBadIndexAfter));
 }
 
 namespace {

@@ -1,7 +1,7 @@
 // Shared declarations of the splatkern op: input checks used by every C++ backend.
 #pragma once
 
-#include "splat_constants.h"
+#include "splat_facts.h"
 
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
@@ -13,9 +13,9 @@
 namespace splatkern {
 
 // Error messages are built from plain std::string pieces. c10::str with several arguments formats
-// through a std::ostringstream compiled into this library, and on the H100 machine (torch 2.11,
-// extension built by /opt/gcc/bin/g++) throwing such a message crashed the process (SIGSEGV) where
-// single-string messages raised cleanly.
+// through a std::ostringstream compiled into this library, and where the extension's compiler is
+// not the one torch was built with, throwing such a message can crash the process (SIGSEGV);
+// single-string messages raise cleanly.
 namespace text {
 inline std::string piece(const char* s) { return s; }
 inline std::string piece(const std::string& s) { return s; }

@@ -1,9 +1,8 @@
 // Autograd for the C++ kernels, registered on the ops' Autograd key: the backward of splat_forward
 // is splat_backward, which has no derivative of its own. In C++ rather than through
-// torch.library.register_autograd, whose Python wrapper cost ~40 us of host time per
-// forward+backward (measured on this CPU at 1 marker, 4x4): more than the kernels at small sizes,
-// and most of the budget of issue 3's small-size GPU target. The Triton backend's autograd is the
-// same rule in Python (splatkern/ops.py).
+// torch.library.register_autograd, whose Python wrapper costs more host time per call than the
+// kernels take at small sizes. The Triton backend's autograd is the same rule in Python
+// (splatkern/ops.py).
 #include "splat.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -14,11 +13,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// splatkern/checks.py raises the same for the Triton backend.
-constexpr const char* kNoDoubleBackward =
-    "splat_render: double backward is not supported by the fused backends (their backward has no derivative); "
-    "use backend=\"reference\" for second derivatives";
 
 at::Tensor undefined() { return {}; }
 

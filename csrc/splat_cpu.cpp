@@ -56,9 +56,7 @@ Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
 // Calls body(item, scratch) for every item in [0, n_items) on torch's threads, each thread with its
 // own default-constructed Scratch, reused across its items. Items are handed out in chunks on
 // demand: with at::parallel_for's static split, a thread whose core is busy with other work holds up
-// the whole call (on the 2-core development machine the same forward took 0.65-1.0 ms with 2
-// threads while one thread's time held steady); taking chunks as they finish lets the other threads
-// cover for it. Results depend only on the items, never on which thread ran them.
+// the whole call; taking chunks as they finish lets the other threads cover for it. Results depend only on the items, never on which thread ran them.
 template <typename Scratch, typename Body>
 void parallel_items(int64_t n_items, const Body& body) {
   // Enough chunks that an uneven finish costs little; few enough that taking them costs nothing.
@@ -74,13 +72,67 @@ void parallel_items(int64_t n_items, const Body& body) {
   });
 }
 
-// The hot loops are written branch-free so the compiler vectorises them, and are built for
-// several ISAs with the fastest picked at load time.
+// The hot loops are written branch-free so the compiler vectorises them, and each is compiled once
+// per ISA. All of a process's vectorised loops (factor tables, compositing, the backward's pixel
+// sums) run one ISA: the widest the CPU has, or the one SPLATKERN_CPU_ISA names (avx512f, avx2,
+// sse2: how the narrower ones are tested on a machine that has them all). Every ISA gives the same
+// bits: no loop's order of operations depends on the vector width, and setup.py builds with
+// -ffp-contract=off, without which AVX-512 (which has FMA) would fuse multiply-adds that the
+// narrower ISAs round twice.
+enum class CpuIsa { kVector128, kAvx2, kAvx512 };
+
+CpuIsa cpu_isa() {
+  static const CpuIsa chosen = [] {
+    CpuIsa best = CpuIsa::kVector128;
 #if defined(__x86_64__) && defined(__GNUC__)
-#define SPLATKERN_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SPLATKERN_ISA_CLONES
+    if (__builtin_cpu_supports("avx2")) best = CpuIsa::kAvx2;
+    if (__builtin_cpu_supports("avx512f")) best = CpuIsa::kAvx512;
 #endif
+    const char* asked = std::getenv("SPLATKERN_CPU_ISA");
+    if (asked == nullptr || *asked == '\0') return best;
+    const std::string name(asked);
+    TORCH_CHECK_VALUE(name == "avx512f" || name == "avx2" || name == "sse2",
+                      message("SPLATKERN_CPU_ISA must be avx512f, avx2 or sse2, got '", name, "'"));
+    const CpuIsa wanted = name == "avx512f" ? CpuIsa::kAvx512 : name == "avx2" ? CpuIsa::kAvx2 : CpuIsa::kVector128;
+    TORCH_CHECK_VALUE(wanted <= best, message("SPLATKERN_CPU_ISA=", name, ": this CPU does not have it"));
+    return wanted;
+  }();
+  return chosen;
+}
+
+// Kernel::run<kVectorBytes>(args...) inlined (it is always_inline) into one entry point per ISA, so
+// that its loops are vectorised for that ISA; kVectorBytes is the ISA's register width.
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename Kernel, typename... Args>
+__attribute__((target("avx512f"))) auto run_avx512(Args... args) {
+  return Kernel::template run<64>(args...);
+}
+
+template <typename Kernel, typename... Args>
+__attribute__((target("avx2"))) auto run_avx2(Args... args) {
+  return Kernel::template run<32>(args...);
+}
+#endif
+
+template <typename Kernel, typename... Args>
+auto run_128(Args... args) {
+  return Kernel::template run<16>(args...);
+}
+
+// Kernel::run on the process's ISA (cpu_isa).
+template <typename Kernel, typename... Args>
+auto run_on_cpu_isa(Args... args) {
+  switch (cpu_isa()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case CpuIsa::kAvx512:
+      return run_avx512<Kernel>(args...);
+    case CpuIsa::kAvx2:
+      return run_avx2<Kernel>(args...);
+#endif
+    default:
+      return run_128<Kernel>(args...);
+  }
+}
 
 // Factor tables are padded to a whole number of the widest vector (AVX-512's 64 bytes).
 constexpr int64_t kWidestVectorBytes = 64;
@@ -108,10 +160,10 @@ using AlignedVector = std::vector<T, WidestVectorAligned<T>>;
 // __builtin_bit_cast, not C++20's std::bit_cast: torch < 2.13 builds extensions as C++17.
 //
 // scale * exp(-x) for x in [0, kFlushExponent<float>]: Cephes' expf polynomial (about 1 ulp), inlined
-// and branch-free so the factor loops vectorise; libm's expf, a call per element, made the (W + H)
-// exps per marker cost more than the W * H pixel updates. The polynomial is evaluated by Estrin's
-// scheme, and scale times 2^n off the critical path: the factor loop is bound by this chain's
-// latency, which Horner's scheme made ~80 cycles deep. Out-of-range x gives garbage that the caller
+// and branch-free so the factor loops vectorise; libm's expf, a call per element, would make the
+// (W + H) exps per marker cost more than the W * H pixel updates. The polynomial is evaluated by
+// Estrin's scheme, and scale times 2^n off the critical path: the factor loop is bound by this
+// chain's latency, which Horner's scheme makes several times deeper. Out-of-range x gives garbage that the caller
 // masks off.
 inline __attribute__((always_inline)) float scaled_exp_neg(float x, float scale) {
   const float shifted = -x * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
@@ -140,15 +192,16 @@ inline __attribute__((always_inline)) scalar_t keep_or_zero(bool keep, scalar_t 
 // out[n * stride + k] = scale_n * exp(-((origin - centre_n + k) / sigma_n)^2 / 2), flushed: one axis
 // of every marker's Gaussian, centre_n = centres[2 n] (axis 0: x, 1: y), scale_n = scales[n] or 1.
 // One call for all markers: the factor loops are short (a tile's width or rows), so a call per
-// marker and axis cost as much again in dispatch. `stride` is a whole number of the widest vectors,
+// marker and axis would cost as much again in dispatch. `stride` is a whole number of the widest vectors,
 // so the inner loop has a fixed trip count and no remainder. A multiply by 1/sigma, not a divide
 // (a 512-bit divide costs as much as the rest of the loop): clamped to the largest finite value, so
-// a sigma whose reciprocal overflows still gives 0 at the centre and a flushed 0 elsewhere, as the
-// divide did.
+// a sigma whose reciprocal overflows still gives 0 at the centre and a flushed 0 elsewhere, as a
+// divide would.
 template <typename scalar_t>
-SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int64_t stride, int64_t n_markers,
-                                       const scalar_t* __restrict__ centres, scalar_t origin,
-                                       const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ scales) {
+inline __attribute__((always_inline)) void axis_factors(scalar_t* __restrict__ out, int64_t stride, int64_t n_markers,
+                                                        const scalar_t* __restrict__ centres, scalar_t origin,
+                                                        const scalar_t* __restrict__ sigmas,
+                                                        const scalar_t* __restrict__ scales) {
   constexpr int32_t lanes = kWidestVectorBytes / sizeof(scalar_t);
   for (int64_t n = 0; n < n_markers; ++n) {
     const scalar_t offset = origin - centres[2 * n], scale = scales ? scales[n] : scalar_t(1);
@@ -164,6 +217,15 @@ SPLATKERN_ISA_CLONES void axis_factors(scalar_t* __restrict__ out, int64_t strid
     }
   }
 }
+
+// The factor loop's fixed trip count is a whole number of the widest vectors: each ISA's vectoriser
+// sizes it to its own registers.
+struct AxisFactors {
+  template <int64_t kVectorBytes, typename... Args>
+  static inline __attribute__((always_inline)) void run(Args... args) {
+    axis_factors(args...);
+  }
+};
 
 // The forward composites one vector of pixels at a time with GCC's portable vector types, as wide as
 // the ISA's registers: 64 bytes (16 floats) with AVX-512, 32 with AVX2, 16 with SSE2. One 64-byte
@@ -183,9 +245,8 @@ struct PixelVector {
 // The hot loop: for a vector of pixels in kRowsAtOnce rows, the running max and winner stay in
 // registers while every marker contributes one multiply, one compare and two selects per row.
 // Column vectors outside, rows inside, so a column block of the factor table stays in L1 across
-// the tile's rows. Four rows at once: one row's compare-select chain (~4 cycles a marker) is twice
-// its issue cost, so independent chains fill the gap. Measured against two rows: 5-20% faster with
-// AVX-512, 27-32% with AVX2, 24% with SSE2; eight were no faster with AVX-512.
+// the tile's rows. Four rows at once: one row's compare-select chain is longer than its issue cost,
+// so independent chains fill the gap; four beat two with every ISA, and eight gain nothing more.
 // col_factors: [N, padded_width]; row_factors: [N, row_stride], of which `rows` are drawn.
 template <typename scalar_t, int64_t kBytes, int kRowsAtOnce>
 inline __attribute__((always_inline)) void composite_rows(scalar_t* __restrict__ image, int32_t* __restrict__ index,
@@ -251,68 +312,13 @@ inline __attribute__((always_inline)) void composite_tile(scalar_t* __restrict__
   }
 }
 
-#define SPLATKERN_COMPOSITE_ARGS                                                                        \
-  scalar_t *__restrict__ image, int32_t *__restrict__ index, int64_t width,                             \
-      const scalar_t *__restrict__ col_factors, int64_t padded_width,                                   \
-      const scalar_t *__restrict__ row_factors, int64_t row_stride, int64_t rows, int64_t n_markers
-#define SPLATKERN_COMPOSITE_CALL image, index, width, col_factors, padded_width, row_factors, row_stride, rows, n_markers
-
-// One compositing loop per vector width, each compiled for the ISA that has it; the process runs
-// the widest its CPU has, or the one SPLATKERN_CPU_ISA names (avx512f, avx2, sse2: how the narrower
-// ones are tested on a machine that has them all).
-#if defined(__x86_64__) && defined(__GNUC__)
-template <typename scalar_t>
-__attribute__((target("avx512f"))) void composite_tile_avx512(SPLATKERN_COMPOSITE_ARGS) {
-  composite_tile<scalar_t, 64>(SPLATKERN_COMPOSITE_CALL);
-}
-
-template <typename scalar_t>
-__attribute__((target("avx2"))) void composite_tile_avx2(SPLATKERN_COMPOSITE_ARGS) {
-  composite_tile<scalar_t, 32>(SPLATKERN_COMPOSITE_CALL);
-}
-#endif
-
-template <typename scalar_t>
-void composite_tile_128(SPLATKERN_COMPOSITE_ARGS) {
-  composite_tile<scalar_t, 16>(SPLATKERN_COMPOSITE_CALL);
-}
-
-enum class CompositeIsa { kVector128, kAvx2, kAvx512 };
-
-CompositeIsa composite_isa() {
-  static const CompositeIsa chosen = [] {
-    CompositeIsa best = CompositeIsa::kVector128;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx2")) best = CompositeIsa::kAvx2;
-    if (__builtin_cpu_supports("avx512f")) best = CompositeIsa::kAvx512;
-#endif
-    const char* asked = std::getenv("SPLATKERN_CPU_ISA");
-    if (asked == nullptr || *asked == '\0') return best;
-    const std::string name(asked);
-    TORCH_CHECK_VALUE(name == "avx512f" || name == "avx2" || name == "sse2",
-                      message("SPLATKERN_CPU_ISA must be avx512f, avx2 or sse2, got '", name, "'"));
-    const CompositeIsa wanted = name == "avx512f" ? CompositeIsa::kAvx512
-                                : name == "avx2"  ? CompositeIsa::kAvx2
-                                                  : CompositeIsa::kVector128;
-    TORCH_CHECK_VALUE(wanted <= best, message("SPLATKERN_CPU_ISA=", name, ": this CPU does not have it"));
-    return wanted;
-  }();
-  return chosen;
-}
-
-template <typename scalar_t>
-void composite_tile_widest(SPLATKERN_COMPOSITE_ARGS) {
-  switch (composite_isa()) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    case CompositeIsa::kAvx512:
-      return composite_tile_avx512<scalar_t>(SPLATKERN_COMPOSITE_CALL);
-    case CompositeIsa::kAvx2:
-      return composite_tile_avx2<scalar_t>(SPLATKERN_COMPOSITE_CALL);
-#endif
-    default:
-      return composite_tile_128<scalar_t>(SPLATKERN_COMPOSITE_CALL);
+// The compositing loop works in the ISA's own vector width.
+struct CompositeTile {
+  template <int64_t kVectorBytes, typename scalar_t, typename... Args>
+  static inline __attribute__((always_inline)) void run(scalar_t* image, Args... args) {
+    composite_tile<scalar_t, kVectorBytes>(image, args...);
   }
-}
+};
 
 // Both axes of every marker's Gaussian over one tile: cols [N, col_stride] = scale * g(j - mx),
 // rows [N, row_stride] = g(row0 + r - my). Separability: (W + rows) exps per marker, not W * rows.
@@ -331,9 +337,9 @@ struct FactorTables {
     row_stride = (tile.rows + lanes - 1) / lanes * lanes;
     cols.resize(n_markers * col_stride);
     rows.resize(n_markers * row_stride);
-    axis_factors(cols.data(), col_stride, n_markers, means, scalar_t(0), sigmas, amps);
-    axis_factors(rows.data(), row_stride, n_markers, means + 1, scalar_t(tile.row0), sigmas,
-                 static_cast<const scalar_t*>(nullptr));
+    run_on_cpu_isa<AxisFactors>(cols.data(), col_stride, n_markers, means, scalar_t(0), sigmas, amps);
+    run_on_cpu_isa<AxisFactors>(rows.data(), row_stride, n_markers, means + 1, scalar_t(tile.row0), sigmas,
+                                static_cast<const scalar_t*>(nullptr));
   }
 };
 
@@ -341,8 +347,8 @@ template <typename scalar_t>
 void forward_tile(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers,
                   int64_t width, const Tile& tile, scalar_t* image, int32_t* index, FactorTables<scalar_t>& tables) {
   tables.fill(means, sigmas, amps, n_markers, width, tile);
-  composite_tile_widest(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(),
-                        tables.col_stride, tables.rows.data(), tables.row_stride, tile.rows, n_markers);
+  run_on_cpu_isa<CompositeTile>(image + tile.row0 * width, index + tile.row0 * width, width, tables.cols.data(),
+                                tables.col_stride, tables.rows.data(), tables.row_stride, tile.rows, n_markers);
 }
 
 // The value checks: plain passes, without the launch overhead of eight small ATen ops on tiny
@@ -419,17 +425,18 @@ constexpr int64_t kSumBanks = 2;
 // zeroed sums, taken by alternate pixels. Returns false at the first winner index outside [0, N)
 // (a corrupted or foreign index map).
 template <typename scalar_t>
-SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_image, const int32_t* __restrict__ index,
-                                            int64_t n_markers, int64_t width, int64_t row0, int64_t rows,
-                                            const scalar_t* __restrict__ cols, int64_t col_stride,
-                                            const scalar_t* __restrict__ row_factors, int64_t row_stride,
-                                            const PixelSums* __restrict__ column_parts, PixelSums* __restrict__ banks) {
+inline __attribute__((always_inline)) bool sum_winner_pixels(
+    const scalar_t* __restrict__ grad_image, const int32_t* __restrict__ index, int64_t n_markers, int64_t width,
+    int64_t row0, int64_t rows, const scalar_t* __restrict__ cols, int64_t col_stride,
+    const scalar_t* __restrict__ row_factors, int64_t row_stride, const PixelSums* __restrict__ column_parts,
+    PixelSums* __restrict__ banks) {
   static_assert(kSumBanks == 2, "the pixel loop below alternates two banks");
   for (int64_t r = 0; r < rows; ++r) {
     const double i = double(row0 + r);
     const PixelSums row_part = {1.0, 0.0, i, i * i};
     const int64_t offset = (row0 + r) * width;
-    const auto add_pixel = [&](int64_t j, PixelSums* __restrict__ bank) {
+    // always_inline: a lambda does not take its caller's target ISA, so it is compiled into it
+    const auto add_pixel = [&](int64_t j, PixelSums* __restrict__ bank) __attribute__((always_inline)) {
       const int32_t n = index[offset + j];
       if (static_cast<uint32_t>(n) >= static_cast<uint64_t>(n_markers)) return false;
       const scalar_t e = cols[n * col_stride + j] * row_factors[n * row_stride + r];
@@ -445,6 +452,13 @@ SPLATKERN_ISA_CLONES bool sum_winner_pixels(const scalar_t* __restrict__ grad_im
   }
   return true;
 }
+
+struct SumWinnerPixels {
+  template <int64_t kVectorBytes, typename... Args>
+  static inline __attribute__((always_inline)) bool run(Args... args) {
+    return sum_winner_pixels(args...);
+  }
+};
 
 // A backward thread's scratch, reused across its tiles.
 template <typename scalar_t>
@@ -463,8 +477,9 @@ void backward_tile(const scalar_t* grad_image, const scalar_t* means, const scal
   // exactly the value the forward composited.
   tables.fill(means, sigmas, nullptr, n_markers, width, tile);
   banks.assign(kSumBanks * n_markers, PixelSums{});
-  const bool valid = sum_winner_pixels(grad_image, index, n_markers, width, tile.row0, tile.rows, tables.cols.data(),
-                                       tables.col_stride, tables.rows.data(), tables.row_stride, column_parts, banks.data());
+  const bool valid = run_on_cpu_isa<SumWinnerPixels>(grad_image, index, n_markers, width, tile.row0, tile.rows,
+                                                     tables.cols.data(), tables.col_stride, tables.rows.data(),
+                                                     tables.row_stride, column_parts, banks.data());
   raise_bad_index(!valid, n_markers);  // at::parallel_for rethrows it
   for (int64_t n = 0; n < n_markers; ++n) {
     PixelSums sum = banks[n];

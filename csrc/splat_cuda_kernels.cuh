@@ -18,7 +18,7 @@
 // those in block order. The result depends on the problem shape only, never on timing.
 #pragma once
 
-#include "splat_constants.h"
+#include "splat_facts.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -43,9 +43,8 @@ __device__ __forceinline__ scalar_t axis_factor(scalar_t exponent) {
 
 // --- forward ------------------------------------------------------------------------------------
 
-// 8 rows per thread rather than 4: the factor loads and the loop's bookkeeping then come to 1.0 of
-// its 5.0 instructions per pair with one column per lane (sm_90 SASS), against 1.3 of 5.3; 0.6 of
-// 4.6 with two.
+// 8 rows per thread rather than 4: the factor loads and the loop's bookkeeping are then shared by
+// more pairs, a smaller part of the instructions each pair issues.
 constexpr int kRowsPerThread = 8;
 constexpr int kWarpsPerTile = 4;
 constexpr int kTileHeight = kWarpsPerTile * kRowsPerThread;
@@ -74,7 +73,7 @@ struct alignas(sizeof(scalar_t) * kRowsPerThread) RowFactors {
   scalar_t of[kRowsPerThread];
 };
 
-// ORs into *flaws the MarkerFlaw bits of one marker's values (splat.h).
+// ORs into *flaws the MarkerFlaw bits of one marker's values (splat_facts.h).
 template <typename scalar_t>
 __device__ __forceinline__ void report_flaws(scalar_t mx, scalar_t my, scalar_t sigma, scalar_t amp,
                                              int32_t* flaws) {
@@ -96,8 +95,8 @@ __device__ __forceinline__ void keep_greater(scalar_t value, int32_t n, int32_t 
 }
 
 // float: the forward's inner loop, one call per marker-pixel pair. A compare and two selects all
-// issue on the ALU pipe, which on sm_90 has half the lanes of the FP32 pipes and bounded the kernel
-// (on sm_80 the two have equal lanes and both forms cost the same). Here only the compare issues
+// issue on the ALU pipe, which on sm_90 has half the lanes of the FP32 pipes and would bound the
+// kernel (on sm_80 the two have equal lanes and both forms cost the same). Here only the compare issues
 // there; the updates are predicated FP32-pipe instructions: value + (-0), exact for every value,
 // zeros' signs included, and value_bits * 0 + n as an IMAD. Written in PTX because ptxas turns
 // predicated moves into selects; `opaque_zero` is a kernel argument the host sets to 0, so that

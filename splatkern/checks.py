@@ -1,29 +1,107 @@
-"""The value checks' errors, stated once for the Python side. csrc/splat.cpp raises the same texts
-(C++ raises them without calling into Python); tests/test_backends.py holds every backend to them word for word.
+"""The checks splat_render's Python code runs, each written once: the layout checks that the wrapper,
+the fake kernels and the Triton launchers share, and the value checks' errors (their texts are in
+splatkern/facts.py, which the C++ kernels share).
 
-The kernels check values where they read them and report a word of flaw bits (``MarkerFlaw`` in
-csrc/splat.h: bit k is ``FLAW_MESSAGES[k]``), so a call costs one host sync for its checks and no
-extra pass over the inputs; the reference backend computes the same bits with torch ops.
+Layout checks read shapes, dtypes and devices only, so ``torch.compile`` keeps them.
+
+The kernels check values where they read them and report a word of flaw bits (``facts.FLAW_BIT``),
+so a call costs one host sync for its checks and no extra pass over the inputs; the reference
+backend computes the same bits with torch ops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-# In the order they are reported when several hold.
-FLAW_MESSAGES = (
-    "splat_render: means must be finite (found NaN or inf)",
-    "splat_render: sigmas must be finite (found NaN or inf)",
-    "splat_render: sigmas must be > 0 (found a value <= 0)",
-    "splat_render: amps must be finite (found NaN or inf)",
-)
+from splatkern.facts import BAD_INDEX, FLAW_BIT, FLAW_MESSAGES, NO_DOUBLE_BACKWARD
+
+__all__ = [
+    "FLAW_MESSAGES",
+    "NO_DOUBLE_BACKWARD",
+    "check_backward_layout",
+    "check_canvas",
+    "check_markers",
+    "check_values",
+    "raise_bad_index",
+    "raise_marker_flaws",
+]
+
+KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-# csrc/splat_autograd.cpp raises the same for the C++ backends.
-NO_DOUBLE_BACKWARD = (
-    "splat_render: double backward is not supported by the fused backends (their backward has no derivative); "
-    'use backend="reference" for second derivatives'
-)
+def _refuse(cond, error: type[Exception], text: str, got: Callable[[], object]) -> None:
+    """For a check whose ``cond`` is not plainly True: raises ``error(f"{text}, got {got()}")`` for
+    False. A symbolic ``cond`` (sizes under torch.compile) becomes an assertion checked when the graph
+    runs, with ``text`` alone: a branch on it would add a guard, and torch.compile takes only
+    constants into the message. Callers test ``cond is not True`` first, so that passing checks
+    build no message."""
+    if cond is False:
+        raise error(f"{text}, got {got()}")
+    torch._check_with(error, cond, lambda: text)
+
+
+def check_markers(means, sigmas, amps, *, flat: bool = False) -> None:
+    """means ``[..., N, 2]``, sigmas and amps ``[..., N]``: tensors of one floating dtype on one device.
+
+    ``flat=True`` checks what the fused kernels take: one batch dim (``[B, N, 2]``) and float32 or
+    float64, which splat_render makes of any batch shape and floating dtype.
+    """
+    for name, tensor in (("means", means), ("sigmas", sigmas), ("amps", amps)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"splat_render: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.dtype.is_floating_point:
+            raise TypeError(f"splat_render: {name} must be a floating-point tensor, got {tensor.dtype}")
+    batch = "B" if flat else "..."
+    if (cond := (means.dim() == 3 if flat else means.dim() >= 2) and means.shape[-1] == 2) is not True:
+        _refuse(cond, ValueError, f"splat_render: means must have shape [{batch}, N, 2]", lambda: list(means.shape))
+    if (cond := sigmas.shape == means.shape[:-1]) is not True:
+        _refuse(cond, ValueError, f"splat_render: sigmas must have shape [{batch}, N] to match means",
+                lambda: f"{list(sigmas.shape)} for means {list(means.shape)}")
+    if (cond := amps.shape == sigmas.shape) is not True:
+        _refuse(cond, ValueError, f"splat_render: amps must have shape [{batch}, N] to match means",
+                lambda: f"{list(amps.shape)} for sigmas {list(sigmas.shape)}")
+    if not (means.dtype == sigmas.dtype == amps.dtype):
+        raise TypeError(
+            f"splat_render: means, sigmas and amps must share one dtype, got {means.dtype}, {sigmas.dtype}, {amps.dtype}"
+        )
+    if flat and means.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"splat_render: the kernels take float32 or float64 means, got {means.dtype}")
+    if not (means.device == sigmas.device == amps.device):
+        raise ValueError(
+            f"splat_render: means, sigmas and amps must be on one device, got {means.device}, {sigmas.device}, {amps.device}"
+        )
+
+
+def check_canvas(height, width) -> None:
+    """height and width: ints >= 1."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"splat_render: {name} must be an int, got {type(value).__name__}")
+        if (cond := value >= 1) is not True:
+            _refuse(cond, ValueError, f"splat_render: {name} must be >= 1", lambda value=value: value)
+
+
+def check_backward_layout(grad_image, means, sigmas, amps, index) -> None:
+    """The backward's inputs: the forward's flat markers, grad_image ``[B, H, W]`` of their dtype and
+    the forward's int32 winner map ``index`` of grad_image's shape, all on one device."""
+    check_markers(means, sigmas, amps, flat=True)
+    if (cond := grad_image.dim() == 3 and grad_image.shape[0] == means.shape[0]) is not True:
+        _refuse(cond, ValueError, "splat_backward: grad_image must have shape [B, H, W]",
+                lambda: f"{list(grad_image.shape)} for means {list(means.shape)}")
+    if (cond := index.shape == grad_image.shape) is not True:
+        _refuse(cond, ValueError, "splat_backward: index must have the shape of grad_image",
+                lambda: f"{list(index.shape)} for grad_image {list(grad_image.shape)}")
+    if grad_image.dtype != means.dtype:
+        raise TypeError(f"splat_backward: grad_image must have the dtype of means, got {grad_image.dtype}")
+    if index.dtype != torch.int32:
+        raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
+    if not (grad_image.device == index.device == means.device):
+        raise ValueError(
+            f"splat_backward: grad_image and index must be on the markers' device, got {grad_image.device}, "
+            f"{index.device}, {means.device}"
+        )
 
 
 def raise_marker_flaws(flaws: int) -> None:
@@ -35,13 +113,17 @@ def raise_marker_flaws(flaws: int) -> None:
 
 def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor) -> None:
     """The reference backend's value checks: torch reductions read back with one host sync."""
-    found = torch.stack([
-        ~torch.isfinite(means).all(), ~torch.isfinite(sigmas).all(), ~(sigmas > 0).all(), ~torch.isfinite(amps).all()
-    ])  # fmt: skip
-    raise_marker_flaws(sum(1 << bit for bit, flag in enumerate(found.tolist()) if flag))
+    found = {
+        "means_nonfinite": ~torch.isfinite(means).all(),
+        "sigmas_nonfinite": ~torch.isfinite(sigmas).all(),
+        "sigmas_nonpositive": ~(sigmas > 0).all(),
+        "amps_nonfinite": ~torch.isfinite(amps).all(),
+    }
+    flags = torch.stack(list(found.values())).tolist()
+    raise_marker_flaws(sum(FLAW_BIT[name] for name, flag in zip(found, flags, strict=True) if flag))
 
 
 def raise_bad_index(found: bool, n_markers: int) -> None:
     """The backward gathers markers by the winner map: a value outside [0, N) is an error."""
     if found:
-        raise ValueError(f"splat_backward: index holds values outside [0, {n_markers})")
+        raise ValueError(BAD_INDEX.format(n_markers=n_markers))

@@ -1,35 +1,47 @@
-"""The ``splatkern`` command line: parses flags and calls train / evaluate / pictures."""
+"""The splatkern command line. train, eval, render and demo need the train extra
+(pip install 'splatkern[train]'); doctor and check work on any install."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from splatkern import data, evaluate, pictures, train
+# Only modules a base install can import: pictures imports the train extra's packages, so the
+# commands import it when they run (train imports tqdm only while training).
+from splatkern import data, evaluate, train
 from splatkern.models import INITS, MODELS, ModelConfig
 from splatkern.models.encoders import ENCODERS
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in fields(train.TrainConfig)} - {"model"}
+TRAIN_OUT = train.TrainConfig.out_dir
 DEMO_EPOCHS = 25
 DEMO_OUT = "runs/demo"
 PICTURE_SAMPLES = 16
+# The import names of the packages of the `train` extra (pyproject.toml), which every run command needs.
+TRAIN_EXTRA = ("tqdm", "sklearn", "torchvision", "PIL", "matplotlib")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads:
+    missing = [name for name in getattr(args, "needs", ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"splatkern: error: {args.command!r} needs the train extra (no {', '.join(missing)}): "
+              "pip install 'splatkern[train]'", file=sys.stderr)
+        return 2
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        out_dir = getattr(args, "out_dir", None) or train.TrainConfig.out_dir
-        print(f"\ninterrupted; the checkpoint in {out_dir} continues with: splatkern train --resume --out {out_dir}",
-              file=sys.stderr)
+        if hasattr(args, "out_dir"):
+            print(f"\ninterrupted; the checkpoint in {args.out_dir} continues with: "
+                  f"splatkern train --resume --out {args.out_dir}", file=sys.stderr)
         return 130
     except (data.DatasetNotFound, FileNotFoundError, ValueError) as error:
         print(f"splatkern: error: {error}", file=sys.stderr)
@@ -40,11 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splatkern", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="command")
 
-    run_flags = argparse.ArgumentParser(add_help=False)
-    run_flags.add_argument("--out", dest="out_dir", help="the run's directory: checkpoint, metrics, pictures "
-                           f"(default {train.TrainConfig.out_dir}; demo: {DEMO_OUT})")
-    run_flags.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    run_flags.add_argument("--threads", type=int, help="torch CPU threads")
+    # A parent parser per default: argparse shares a parent's actions between the subcommands, so a
+    # per-subcommand set_defaults of --out would set it for all of them.
+    def run_flags(default_out: str) -> argparse.ArgumentParser:
+        flags = argparse.ArgumentParser(add_help=False)
+        flags.add_argument("--out", dest="out_dir", default=default_out,
+                           help=f"the run's directory: checkpoint, metrics, pictures (default {default_out})")
+        flags.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+        flags.add_argument("--threads", type=int, help="torch CPU threads")
+        return flags
 
     data_flags = argparse.ArgumentParser(add_help=False)
     data_flags.add_argument("--data-dir", help=f"where torchvision datasets live (default {data.DEFAULT_DATA_DIR})")
@@ -52,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="never try to download a missing dataset")
     data_flags.add_argument("--test-limit", type=int, help="use the first N test images")
 
-    fit = commands.add_parser("train", parents=[run_flags, data_flags], help="train an autoencoder")
+    fit = commands.add_parser("train", parents=[run_flags(TRAIN_OUT), data_flags], help="train an autoencoder")
     fit.add_argument("--model", choices=MODELS)
     fit.add_argument("--encoder", choices=tuple(ENCODERS))
     fit.add_argument("--points", type=int, help="markers per image (default 25 gesture, 10 static)")
@@ -68,22 +84,33 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true",
                      help="continue the run in --out; other flags override its settings")
     fit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    fit.set_defaults(run=_train)
+    fit.set_defaults(run=_train, command="train", needs=TRAIN_EXTRA)
 
-    judge = commands.add_parser("eval", parents=[run_flags, data_flags],
+    judge = commands.add_parser("eval", parents=[run_flags(TRAIN_OUT), data_flags],
                                 help="metrics and the clustering table of a run")
     _add_eval_flags(judge)
-    judge.set_defaults(run=_eval)
+    judge.set_defaults(run=_eval, command="eval", needs=TRAIN_EXTRA)
 
-    draw = commands.add_parser("render", parents=[run_flags, data_flags], help="pictures of a run")
-    draw.set_defaults(run=_render)
+    draw = commands.add_parser("render", parents=[run_flags(TRAIN_OUT), data_flags], help="pictures of a run")
+    draw.set_defaults(run=_render, command="render", needs=TRAIN_EXTRA)
 
-    demo = commands.add_parser("demo", parents=[run_flags], help="train the gesture model on the built-in digits, "
+    demo = commands.add_parser("demo", parents=[run_flags(DEMO_OUT)], help="train the gesture model on the built-in digits, "
                                "then write its pictures and clustering table")
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     demo.add_argument("--seed", type=int, default=0)
     _add_eval_flags(demo)
-    demo.set_defaults(run=_demo, out_dir=DEMO_OUT)
+    demo.set_defaults(run=_demo, command="demo", needs=TRAIN_EXTRA)
+
+    doctor = commands.add_parser("doctor", help="what this install has: versions, build, backends and why any "
+                                 "is missing")
+    doctor.set_defaults(run=_doctor)
+
+    check = commands.add_parser("check", help="check the kernels against the reference on this machine: values, "
+                                "winner map, gradients, gradcheck")
+    check.add_argument("--backend", help="one backend (default: every compiled or Triton backend available)")
+    check.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the CPU, and CUDA when available)")
+    check.add_argument("--quick", action="store_true", help="fewer shapes: a few seconds a backend")
+    check.set_defaults(run=_check)
     return parser
 
 
@@ -96,7 +123,7 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 def _train_config(args: argparse.Namespace) -> train.TrainConfig:
     """The defaults (or, with --resume, the run's saved settings) overridden by the flags given."""
-    base = train.saved_config(args.out_dir or train.TrainConfig.out_dir) if args.resume else train.TrainConfig()
+    base = train.saved_config(args.out_dir) if args.resume else train.TrainConfig()
     given = {name: value for name, value in vars(args).items() if value is not None}
     model = replace(base.model, **{name: given[name] for name in MODEL_FIELDS & given.keys()})
     return replace(base, model=model, **{name: given[name] for name in TRAIN_FIELDS & given.keys()})
@@ -114,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load_run(args: argparse.Namespace):
     """The run in --out: its directory, trained model, configuration and recorded animation."""
-    run_dir = Path(args.out_dir or train.TrainConfig.out_dir)
+    run_dir = Path(args.out_dir)
     return (run_dir, *train.load_trained(run_dir / train.CHECKPOINT, args.device or "cpu"))
 
 
@@ -139,6 +166,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from splatkern import pictures  # noqa: PLC0415 - the train extra
+
     run_dir, model, config, animation = _load_run(args)
     test_set = _dataset(args, config, "test", PICTURE_SAMPLES)
     connected = config.model.model == "gesture"  # the gesture model's markers form one stroke
@@ -156,3 +185,21 @@ def _demo(args: argparse.Namespace) -> int:
     _render(args)
     print(f"demo done: pictures and the clustering table are in {Path(args.out_dir).resolve()}")
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from splatkern import doctor  # noqa: PLC0415
+
+    print(doctor.report())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from splatkern import testing  # noqa: PLC0415
+
+    reports = testing.check_all(args.device, [args.backend] if args.backend else None, quick=args.quick)
+    if not reports:
+        raise ValueError("no compiled or Triton backend to check here (`splatkern doctor` says why)")
+    for report in reports:
+        print(report.summary())
+    return 0 if all(report.ok for report in reports) else 1

@@ -8,36 +8,21 @@ one backend. Value checks (finite inputs, sigmas > 0) run inside the backend's o
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from splatkern import _extension
-from splatkern.checks import NO_DOUBLE_BACKWARD, check_values
+from splatkern.checks import check_backward_layout, check_canvas, check_markers, check_values
+from splatkern.facts import NO_DOUBLE_BACKWARD
 from splatkern.reference import splat_render_reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
-# "auto" takes the first available backend for the tensors' device. On CUDA, measured on an H100
-# (bench/results/NVIDIA-H100-80GB-HBM3/gpu): `cuda` is 1.5-3.5x faster than `triton` at every size measured.
+# "auto" takes the first available backend for the tensors' device: the fastest in the benchmarks
+# (docs/performance.md).
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
-
-
-# Read once at import: TRITON_INTERPRET only works when set before triton is imported anyway.
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
-_TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _triton_usable(device_type: str) -> bool:
-    if not _TRITON_INSTALLED:
-        return False
-    if device_type == "cuda":
-        return torch.cuda.is_available()
-    # The Triton interpreter runs kernels on CPU tensors: how the Triton code is tested without a GPU.
-    return _TRITON_INTERPRETED
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
@@ -45,7 +30,8 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     return list(_available_backends(torch.device(device).type))
 
 
-# Fixed for the process: the extension, triton and TRITON_INTERPRET are read at import.
+# Fixed for the process: the extension loads once, and TRITON_INTERPRET works only when set before
+# triton is imported.
 _AVAILABLE: dict[str, tuple[str, ...]] = {}
 
 
@@ -54,15 +40,10 @@ _AVAILABLE: dict[str, tuple[str, ...]] = {}
 @torch.compiler.assume_constant_result
 def _available_backends(device_type: str) -> tuple[str, ...]:
     if device_type not in _AVAILABLE:
-        usable = {
-            "reference": True,
-            "cpu": device_type == "cpu" and "CPU" in _extension.KERNEL_KEYS,
-            "cuda": device_type == "cuda" and "CUDA" in _extension.KERNEL_KEYS,
-            "triton": _triton_usable(device_type),
-        }
         order = AUTO_ORDER.get(device_type, ("reference",))
         # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
-        _AVAILABLE[device_type] = tuple(name for name in dict.fromkeys((*order, "triton")) if usable[name])
+        _AVAILABLE[device_type] = tuple(name for name in dict.fromkeys((*order, "triton"))
+                                        if _extension.missing_reason(name, device_type) is None)
     return _AVAILABLE[device_type]
 
 
@@ -70,15 +51,14 @@ def _available_backends(device_type: str) -> tuple[str, ...]:
 
 
 def _fake_forward(means, sigmas, amps, height, width, deterministic):
-    torch._check(means.dim() == 3 and means.shape[2] == 2, lambda: "splat_forward: means must be [B, N, 2]")
-    torch._check(sigmas.shape == means.shape[:2], lambda: "splat_forward: sigmas must be [B, N]")
-    torch._check(amps.shape == sigmas.shape, lambda: "splat_forward: amps must be [B, N]")
+    check_markers(means, sigmas, amps, flat=True)
+    check_canvas(height, width)
     batch = means.shape[0]
     return means.new_empty(batch, height, width), means.new_empty(batch, height, width, dtype=torch.int32)
 
 
 def _fake_backward(grad_image, means, sigmas, amps, index, deterministic):
-    torch._check(index.shape == grad_image.shape, lambda: "splat_backward: index must match grad_image")
+    check_backward_layout(grad_image, means, sigmas, amps, index)
     return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)
 
 
@@ -87,9 +67,14 @@ def _register_fakes(forward_op: str, backward_op: str) -> None:
     torch.library.register_fake(backward_op)(_fake_backward)
 
 
-# The autograd rule of a fused forward, once for both ways the Triton ops are called (the C++ ops have
-# the same rule in C++, csrc/splat_autograd.cpp): the image's gradient goes through the analytic
-# backward op, which has no derivative itself.
+# The autograd rule of a fused forward: the image's gradient goes through the analytic backward, which
+# has no derivative itself. The rule is written once (the three functions below, and its C++ twin in
+# csrc/splat_autograd.cpp) and takes four forms, each used where it alone works at full speed:
+# - C++ autograd: the C++ ops, eager and compiled, with no Python on the path.
+# - torch.library.register_autograd on the Triton custom ops: what torch.compile and opcheck see.
+# - _FusedRender, a ctx-form autograd.Function: eager Triton calls, without the custom ops' dispatch.
+# - _FusedRenderForFunc, its setup_context form: the only form torch.func transforms accept; eager
+#   calls avoid it because Function.apply binds its arguments with inspect.signature on every call.
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -112,15 +97,6 @@ def _forward_gradients(ctx, grad_image, backward_op) -> tuple:
 
 def _no_double_backward(ctx, *grads):
     raise NotImplementedError(NO_DOUBLE_BACKWARD)
-
-
-def _register_autograd(forward_op: str, backward_op) -> None:
-    torch.library.register_autograd(
-        forward_op, lambda ctx, grad_image, _grad_index: _forward_gradients(ctx, grad_image, backward_op),
-        setup_context=_setup_context,
-    )  # fmt: skip
-    # Without it a double backward would run and be silently wrong, with only a warning.
-    torch.library.register_autograd(backward_op, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 if _extension.LOAD_ERROR is None:
@@ -179,38 +155,20 @@ def _triton_backward(
 
 
 _register_fakes("splatkern::splat_forward_triton", "splatkern::splat_backward_triton")
-_register_autograd("splatkern::splat_forward_triton", _triton_backward)
+torch.library.register_autograd(
+    "splatkern::splat_forward_triton",
+    lambda ctx, grad_image, _grad_index: _forward_gradients(ctx, grad_image, _triton_backward),
+    setup_context=_setup_context,
+)
+# Without it a double backward would run and be silently wrong, with only a warning.
+torch.library.register_autograd(
+    "splatkern::splat_backward_triton", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
 
 
-# The same rule as Python autograd.Functions, in two forms.
-#
-# Eager Triton calls take the ctx form below: torch.library's per-call dispatch of the custom ops
-# cost ~65 us of host time per forward+backward on this project's CPU (150 against 85 us with the
-# kernels stubbed), and the setup_context form another ~90 us (Function.apply binds its arguments
-# with inspect.signature on every call when setup_context is defined).
-class _TritonBackwardEager(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, grad_image, means, sigmas, amps, index, deterministic):
-        return _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic)
-
-    backward = staticmethod(_no_double_backward)
-
-
-class _TritonRenderEager(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, means, sigmas, amps, height, width, deterministic):
-        output = _triton_forward_kernels(means, sigmas, amps, height, width, deterministic)
-        _setup_context(ctx, (means, sigmas, amps, height, width, deterministic), output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_image, _grad_index):
-        return _forward_gradients(ctx, grad_image, _TritonBackwardEager.apply)
-
-
-# Under torch.func transforms every fused backend takes the setup_context form, the one they accept:
-# the C++ ops' own autograd (csrc/splat_autograd.cpp) is invisible to them.
 class _FusedBackward(torch.autograd.Function):
+    """A fused backward as an autograd node whose own backward refuses (setup_context form, for torch.func)."""
+
     @staticmethod
     def forward(grad_image, means, sigmas, amps, index, deterministic, kernels):
         return kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
@@ -222,7 +180,27 @@ class _FusedBackward(torch.autograd.Function):
     backward = staticmethod(_no_double_backward)
 
 
+def _fused_gradients(ctx, grad_image, _grad_index) -> tuple:
+    kernels = ctx.kernels
+    if torch.is_grad_enabled():  # the backward is recorded (create_graph=True; always under torch.func)
+        grads = _forward_gradients(ctx, grad_image, lambda *args: _FusedBackward.apply(*args, kernels))
+    else:  # nothing can differentiate it: no node needed
+        grads = _forward_gradients(ctx, grad_image, kernels.backward)
+    return (*grads, None)
+
+
 class _FusedRender(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, sigmas, amps, height, width, deterministic, kernels):
+        output = kernels.forward(means, sigmas, amps, height, width, deterministic)
+        _setup_context(ctx, (means, sigmas, amps, height, width, deterministic), output)
+        ctx.kernels = kernels
+        return output
+
+    backward = staticmethod(_fused_gradients)
+
+
+class _FusedRenderForFunc(_FusedRender):
     @staticmethod
     def forward(means, sigmas, amps, height, width, deterministic, kernels):
         return kernels.forward(means, sigmas, amps, height, width, deterministic)
@@ -232,11 +210,6 @@ class _FusedRender(torch.autograd.Function):
         _setup_context(ctx, inputs[:-1], output)
         ctx.kernels = inputs[-1]
 
-    @staticmethod
-    def backward(ctx, grad_image, _grad_index):
-        grads = _forward_gradients(ctx, grad_image, lambda *args: _FusedBackward.apply(*args, ctx.kernels))
-        return (*grads, None)
-
 
 def _fused_forward(backend: str) -> Callable:
     """How splat_render calls a fused backend's forward: (means, sigmas, amps, height, width,
@@ -245,47 +218,18 @@ def _fused_forward(backend: str) -> Callable:
         return _triton_forward if backend == "triton" else torch.ops.splatkern.splat_forward
     if torch._C._are_functorch_transforms_active():
         kernels = _TRITON_KERNELS if backend == "triton" else _CPP_KERNELS
-        return lambda *args: _FusedRender.apply(*args, kernels)
-    return _TritonRenderEager.apply if backend == "triton" else torch.ops.splatkern.splat_forward
+        return lambda *args: _FusedRenderForFunc.apply(*args, kernels)
+    if backend == "triton":
+        return lambda *args: _FusedRender.apply(*args, _TRITON_KERNELS)
+    return torch.ops.splatkern.splat_forward
 
 
 # --- the public entry -----------------------------------------------------------------------------
 
 
-def _check_size(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
-        raise TypeError(f"splat_render: {name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"splat_render: {name} must be >= 1, got {value}")
-
-
 def _check_arguments(means, sigmas, amps, height, width, backend) -> None:
-    for name, tensor in (("means", means), ("sigmas", sigmas), ("amps", amps)):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"splat_render: {name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if not tensor.dtype.is_floating_point:
-            raise TypeError(f"splat_render: {name} must be a floating-point tensor, got {tensor.dtype}")
-    if means.dim() < 2 or means.shape[-1] != 2:
-        raise ValueError(f"splat_render: means must have shape [..., N, 2], got {list(means.shape)}")
-    if sigmas.shape != means.shape[:-1]:
-        raise ValueError(
-            f"splat_render: sigmas must have shape [..., N] = {list(means.shape[:-1])} to match means, "
-            f"got {list(sigmas.shape)}"
-        )
-    if amps.shape != sigmas.shape:
-        raise ValueError(
-            f"splat_render: amps must have shape [..., N] = {list(sigmas.shape)} to match means, got {list(amps.shape)}"
-        )
-    if not (means.dtype == sigmas.dtype == amps.dtype):
-        raise TypeError(
-            f"splat_render: means, sigmas and amps must share one dtype, got {means.dtype}, {sigmas.dtype}, {amps.dtype}"
-        )
-    if not (means.device == sigmas.device == amps.device):
-        raise ValueError(
-            f"splat_render: means, sigmas and amps must be on one device, got {means.device}, {sigmas.device}, {amps.device}"
-        )
-    _check_size("height", height)
-    _check_size("width", width)
+    check_markers(means, sigmas, amps)
+    check_canvas(height, width)
     if backend not in BACKENDS:
         raise ValueError(f"splat_render: unknown backend {backend!r}; choose one of {BACKENDS}")
 
@@ -293,11 +237,14 @@ def _check_arguments(means, sigmas, amps, height, width, backend) -> None:
 def _pick_backend(backend: str, device: torch.device) -> str:
     available = _available_backends(device.type)
     if backend == "auto":
+        # Warning is eager-only: traced, it would become part of the compiled graph.
+        if _extension.LOAD_ERROR is not None and not torch.compiler.is_compiling():
+            _extension.warn_fallback(available[0])
         return available[0]
     if backend not in available:
         raise ValueError(
             f"splat_render: backend {backend!r} is not available for {device.type} tensors here; "
-            f"available: {list(available)}" + (f" (extension: {_extension.LOAD_ERROR})" if _extension.LOAD_ERROR else "")
+            f"available: {list(available)} ({_extension.missing_reason(backend, device.type)})"
         )
     return backend
 
@@ -338,18 +285,18 @@ def splat_render(
         deterministic = torch.are_deterministic_algorithms_enabled()
 
     dtype, batch_shape = means.dtype, means.shape[:-2]
-    if len(batch_shape) != 1:  # else as is: each reshape would add a view and an autograd node (~3 us)
+    if len(batch_shape) != 1:  # else as is: each reshape would add a view and an autograd node
         batch, n_markers = math.prod(batch_shape), means.shape[-2]
         means = means.reshape(batch, n_markers, 2)
         sigmas, amps = sigmas.reshape(batch, n_markers), amps.reshape(batch, n_markers)
     compute_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    # (`.to` even to the same dtype costs ~1 us of dispatch a tensor: skipped where it would do nothing)
+    # (`.to` dispatches even to the same dtype: skipped where it would do nothing)
     flat_means, flat_sigmas, flat_amps = (
         (t if t.dtype == compute_dtype else t.to(compute_dtype)).contiguous() for t in (means, sigmas, amps)
     )
 
     if chosen == "reference":
-        if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it (README)
+        if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it
             check_values(flat_means, flat_sigmas, flat_amps)
         image, index = splat_render_reference(flat_means, flat_sigmas, flat_amps, height, width)
     else:

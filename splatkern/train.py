@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from splatkern import data
 from splatkern.metrics import pixel_hits, reconstruction_metrics
@@ -186,6 +185,8 @@ def _run(config: TrainConfig, world: _World, resume: bool, progress: bool) -> Tr
         for epoch in range(position.epoch, config.epochs):
             order = _epoch_order(len(train_images), config.seed, epoch)
             started = time.perf_counter()
+            from tqdm import tqdm  # noqa: PLC0415 - the train extra's; the CLI imports this module on any install
+
             bar = tqdm(range(position.step_in_epoch, batches), desc=f"epoch {epoch + 1}/{config.epochs}",
                        initial=position.step_in_epoch, total=batches, disable=not (progress and world.is_main),
                        dynamic_ncols=True)

@@ -9,7 +9,7 @@ marker it computes the tile's column factors ``amp * g(dx)`` and row factors ``g
 separability of the isotropic Gaussian), forms every pixel-marker value with one multiply, and keeps
 a running max and int32 winner per pixel in registers; a strict ``>`` over markers in increasing
 order gives ties to the lowest index. Axis factors whose exponent exceeds ``-0.5 * log(smallest
-normal)`` are flushed to zero, as csrc/splat_cpu.cpp does. The tile is a 4-D block ``[ROW_REPEATS,
+normal)`` (splatkern/facts.py) are flushed to zero, as in the C++ kernels. The tile is a 4-D block ``[ROW_REPEATS,
 COL_REPEATS, ROW_SPAN, COL_SPAN]``: Triton's default layout spreads lanes and warps over the last two
 dims and leaves the first two in each thread's registers, so a thread holds a 2-D patch of pixels
 whose ROW_REPEATS + COL_REPEATS exponentials serve ROW_REPEATS x COL_REPEATS products (a flat 2-D
@@ -29,13 +29,11 @@ float64).
 
 Block sizes: a fixed table (``_forward_config`` and the two below it) rather than autotuning, so
 launches stay cheap and reproducible and run under the interpreter, where multi-config autotune
-fails. The table is the fastest of bench/triton_sweep.py's candidates on an H100 at both of issue 3's
-target sizes (bench/results/NVIDIA-H100-80GB-HBM3/triton_sweep/: 16 sorting backward blocks, and 20
-forward candidates, tile shapes taking one to eight markers at a time, of which one at a time won;
-against the previous table, the forward 41.7 -> 34.4 us at B=1024, N=64, 28x28 and 546 -> 363 us at
-B=256, N=256, 128x128; the backward 73.1 -> 26.8 us and 172 -> 65.5 us). ``p2(x)`` is the next power
-of two; "regs" are the most registers per thread ptxas gives them for sm_80 or sm_90, float32 /
-float64, with no spills (tests/test_triton_compile.py checks that):
+fails. The table holds the fastest of bench/triton_sweep.py's candidates at the GPU benchmark's two
+sizes (B=1024, N=64, 28x28 and B=256, N=256, 128x128; timings in docs/performance.md): of its
+forward tiles, those taking one marker at a time. ``p2(x)`` is the next power of two; every block
+fits in the registers ptxas gives it for sm_80 and sm_90, float32 and float64, with no spills
+(tests/test_triton_compile.py checks that):
 
     ============  ==========================================  ========================================
     kernel        block                                       why
@@ -43,17 +41,16 @@ float64, with no spills (tests/test_triton_compile.py checks that):
     forward       num_warps = 1, its lanes as 4 rows x 8      28 x 28 is one 32 x 32 tile of 8 x 4
                   columns                                     pixels per thread; 128 x 128 tiles of
                   ROW_REPEATS = min(p2(cdiv(H, 4)), 8)        32 x 64, 8 x 8 per thread: 16 exps for
-                  COL_REPEATS = min(p2(cdiv(W, 8)), 8)        64 products; 254 / 252 regs (8 x 8
-                  (float64: at most 4)                        doubles spill)
+                  COL_REPEATS = min(p2(cdiv(W, 8)), 8)        64 products (8 x 8 doubles spill)
+                  (float64: at most 4)
     backward      BLOCK_PIX = min(p2(H * W), 256)             8 pixels per thread: the sort's stages
-                  num_warps = 1                               stay in a warp (1 to 16 warps and 256
-                                                              to 2048 pixels were 1.1-10x slower);
-                                                              128 / 238 regs (int64 keys included)
+                  num_warps = 1                               stay in a warp (more warps or more
+                                                              pixels per program are slower)
     sum partials  BLOCK_N = min(p2(N), 256), num_warps = 4    coalesced rows of the partials buffer
     ============  ==========================================  ========================================
 
 Value checks ride along: the first tile of each image ORs its markers' flaw bits (non-finite means,
-sigmas or amps, sigmas <= 0; csrc/splat.h ``MarkerFlaw``) into a one-word buffer, and the backward
+sigmas or amps, sigmas <= 0; splatkern/facts.py ``FLAW_BIT``) into a one-word buffer, and the backward
 flags winner-map values outside [0, N) (and skips them); the launchers read the word back, one host
 sync per call, and raise (splatkern/checks.py) - except while a CUDA graph is being captured, where a
 sync is illegal and the check is skipped.
@@ -65,23 +62,27 @@ within one image are int32, so an image may have at most 2^31 - 1 pixels (checke
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from splatkern.checks import raise_bad_index, raise_marker_flaws
+from splatkern.checks import check_backward_layout, check_canvas, check_markers, raise_bad_index, raise_marker_flaws
+from splatkern.facts import FLAW_BIT, FLUSH_EXPONENT
 
 # Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
 _PARTIALS = tl.constexpr(4)
 # Markers whose values the forward's value check reads at once.
 _FLAW_BLOCK = tl.constexpr(128)
+_MEANS_NONFINITE = tl.constexpr(FLAW_BIT["means_nonfinite"])
+_SIGMAS_NONFINITE = tl.constexpr(FLAW_BIT["sigmas_nonfinite"])
+_SIGMAS_NONPOSITIVE = tl.constexpr(FLAW_BIT["sigmas_nonpositive"])
+_AMPS_NONFINITE = tl.constexpr(FLAW_BIT["amps_nonfinite"])
 
 
 def _flush_exponent(dtype: torch.dtype) -> float:
-    """The per-axis exponent above which a factor is flushed to zero (csrc/splat_cpu.cpp kFlushExponent)."""
-    return -0.5 * math.log(torch.finfo(dtype).tiny)
+    """The per-axis exponent above which a factor is flushed to zero (splatkern/facts.py)."""
+    return FLUSH_EXPONENT[str(dtype).removeprefix("torch.")]
 
 
 @triton.jit
@@ -91,12 +92,17 @@ def _finite(x):
 
 @triton.jit
 def _report_flaws(mx, my, sigma, amp, live, flaws_ptr):
-    """ORs into *flaws_ptr the MarkerFlaw bits (csrc/splat.h) of a block of markers' values."""
+    """ORs into *flaws_ptr the flaw bits (splatkern/facts.py) of a block of markers' values."""
     means_bad = tl.max((live & ~(_finite(mx) & _finite(my))).to(tl.int32))
     sigmas_nonfinite = tl.max((live & ~_finite(sigma)).to(tl.int32))
     sigmas_nonpositive = tl.max((live & ~(sigma > 0)).to(tl.int32))
     amps_bad = tl.max((live & ~_finite(amp)).to(tl.int32))
-    found = means_bad | (sigmas_nonfinite << 1) | (sigmas_nonpositive << 2) | (amps_bad << 3)
+    found = (
+        means_bad * _MEANS_NONFINITE
+        | sigmas_nonfinite * _SIGMAS_NONFINITE
+        | sigmas_nonpositive * _SIGMAS_NONPOSITIVE
+        | amps_bad * _AMPS_NONFINITE
+    )
     tl.atomic_or(flaws_ptr, found, mask=found != 0)
 
 
@@ -105,9 +111,9 @@ def _exp_neg(x):
     """exp(-x) for a kept (unflushed) exponent x, whose result is a normal number.
 
     float32: as exp2 of x * -log2(e), the multiply and MUFU.EX2 that tl.exp lowers to, without the
-    three instructions tl.exp adds for results below the smallest normal (sm_90 SASS), which a kept
-    exponent never gives: the same bits in 3 fewer instructions per factor. float64: tl.exp, since
-    rounding x * log2(e) would cost up to ~x ulps.
+    instructions tl.exp adds for results below the smallest normal, which a kept exponent never
+    gives: the same bits in fewer instructions per factor. float64: tl.exp, because rounding
+    x * log2(e) would cost up to about x ulps.
     """
     if x.dtype == tl.float32:
         return tl.exp2(x * -1.4426950408889634)
@@ -330,8 +336,7 @@ def _sum_partials_kernel(
 
 
 # Host-side block arithmetic in plain Python: triton.cdiv and triton.next_power_of_2 are
-# constexpr_function objects whose calls cost ~9 us each here (8 per forward+backward: a third of
-# the Triton path's host time, measured with cProfile on this CPU).
+# constexpr_function objects, whose calls cost more host time than the launches around them.
 def _p2(value: int) -> int:
     """The next power of two >= value (value >= 1)."""
     return 1 << (value - 1).bit_length()
@@ -383,9 +388,7 @@ def _flag_word(device: torch.device, capturing: bool) -> torch.Tensor:
     return allocate(1, dtype=torch.int32, device=device)
 
 
-def _check_kernel_inputs(means: torch.Tensor, height: int, width: int) -> None:
-    if means.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"splat_render: the Triton kernels take float32 or float64 means, got {means.dtype}")
+def _check_pixel_count(height: int, width: int) -> None:
     if height * width >= 2**31:
         raise ValueError(f"splat_render: the Triton kernels take images of < 2^31 pixels, got {height} x {width}")
 
@@ -396,7 +399,9 @@ def forward(
     """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...];
     ValueError if a marker's values are not finite or a sigma is <= 0. `config`: block sizes other
     than ``_forward_config``'s (bench/triton_sweep.py times them)."""
-    _check_kernel_inputs(means, height, width)
+    check_markers(means, sigmas, amps, flat=True)
+    check_canvas(height, width)
+    _check_pixel_count(height, width)
     batch, n_markers = sigmas.shape
     if n_markers == 0:
         return (
@@ -436,12 +441,9 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the image w.r.t. means, sigmas and amps, each pixel's going to its winner.
     `config`: block sizes other than ``_backward_config``'s (bench/triton_sweep.py times them)."""
+    check_backward_layout(grad_image, means, sigmas, amps, index)
     height, width = grad_image.shape[1:]
-    _check_kernel_inputs(means, height, width)
-    if grad_image.dtype != means.dtype:
-        raise TypeError(f"splat_backward: grad_image must have the dtype of means, got {grad_image.dtype}")
-    if index.shape != grad_image.shape:
-        raise ValueError(f"splat_backward: index must have the shape of grad_image {list(grad_image.shape)}")
+    _check_pixel_count(height, width)
     batch, n_markers = sigmas.shape
     grads = [torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)]
     if not deterministic:  # the kernel adds into them; the deterministic sums write every element
@@ -449,8 +451,6 @@ def backward(
     grad_means, grad_sigmas, grad_amps = grads
     if n_markers == 0 or batch == 0:
         return grad_means, grad_sigmas, grad_amps
-    if index.dtype != torch.int32:
-        raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
     capturing = _capturing(means)
     bad_index = _flag_word(means.device, capturing)
 

@@ -1,14 +1,12 @@
-"""What every backend test shares: the backends to test, random markers, the mask of pixels whose
-winner is certain, rendering with gradients, the tolerance table and the comparison with the oracle,
-the facts that test_backends.py and test_cuda_emulated.py both check; and where cuobjdump is, for the
-tests that read compiled GPU code.
-
-The oracle is ``splat_render_reference`` in float64 on the very (dtype-rounded) inputs the backend saw.
+"""What the backend tests share besides splatkern.testing (random markers, the mask of pixels whose
+winner is certain, rendering with gradients, the tolerance table and the comparison with the
+oracle, which users run too): the backends to test, that comparison as assertions, the facts that
+test_backends.py and test_cuda_emulated.py both check; and where cuobjdump is, for the tests that
+read compiled GPU code.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
 import shutil
@@ -18,7 +16,20 @@ import pytest
 import torch
 
 import splatkern
+from splatkern.facts import FLUSH_EXPONENT
 from splatkern.reference import splat_render_reference
+from splatkern.testing import (  # noqa: F401 - re-exported for the test modules
+    TOLERANCES,
+    WITH_ATOMIC_BACKWARD,
+    clear_pixels,
+    compare_with_reference,
+    is_interpreted,
+    make_markers,
+    measure_grads,
+    random_like_image,
+    render_with_grads,
+    renderer,
+)
 
 # --- the backends under test ----------------------------------------------------------------------
 
@@ -36,9 +47,6 @@ ALL_CASES = [
     pytest.param("cpu", "reference", id="cpu-reference"),
     pytest.param("cuda", "reference", id="cuda-reference", marks=pytest.mark.gpu),
 ]
-# Backends whose backward has a separate deterministic path (the CPU kernel always is deterministic,
-# the reference is autograd of torch.max).
-WITH_ATOMIC_BACKWARD = ("cuda", "triton")
 # The torch.library op pair of each fused backend.
 FUSED_OPS = {
     "cpu": ("splat_forward", "splat_backward"),
@@ -60,132 +68,19 @@ def require(device: str, backend: str) -> None:
         pytest.skip(f"backend {backend!r} is not available for {device} tensors here: {why}")
 
 
-def is_interpreted(device: str, backend: str) -> bool:
-    """Triton's interpreter costs milliseconds per kernel loop step and program: such cases get small shapes."""
-    return device == "cpu" and backend == "triton"
-
-
-# --- inputs ---------------------------------------------------------------------------------------
-
-
-def make_markers(batch_shape, n_markers, height, width, *, dtype=torch.float32, device="cpu", seed=0,
-                 sigma_range=(0.3, 6.0), margin=4.0):
-    """Random markers: centres over the image and up to `margin` px outside it, log-uniform sigmas,
-    amplitudes in [-0.2, 1.2] (a few negative), and, for N > 2, marker 1 so far outside, with sigma 1,
-    that the fused kernels flush both its axis factors to zero in every dtype."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = (*batch_shape, n_markers)
-    xy = torch.rand(*shape, 2, generator=gen, dtype=torch.float64)
-    means = xy * torch.tensor([width - 1 + 2 * margin, height - 1 + 2 * margin], dtype=torch.float64) - margin
-    lo, hi = torch.log(torch.tensor(sigma_range, dtype=torch.float64))
-    sigmas = torch.exp(lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64))
-    amps = 1.4 * torch.rand(*shape, generator=gen, dtype=torch.float64) - 0.2
-    if n_markers > 2:
-        means[..., 1, :] = torch.tensor([-40.0, height + 40.0], dtype=torch.float64)
-        sigmas[..., 1] = 1.0
-    return tuple(t.to(device, dtype) for t in (means, sigmas, amps))
-
-
-def random_like_image(shape, *, device="cpu", seed=0):
-    """A seeded upstream gradient (drawn on CPU so that every device sees the same numbers)."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
-
-
-# --- which pixels have a certain winner -----------------------------------------------------------
-
-# Relative gap between a pixel's two best values below which a fused kernel may rightly pick the
-# other marker: separable factors round differently from the oracle (CUDA's fast __expf too, by up
-# to ~50 ulp near the flush cut-off). Keyed by the dtype the kernels compute in.
-NEAR_TIE = {torch.float32: 1e-4, torch.float64: 1e-9}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 and bfloat16 are computed in float32 (the contract)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def clear_pixels(means, sigmas, amps, height, width):
-    """True where every backend must pick the oracle's winner: the best value beats the runner-up by
-    more than NEAR_TIE, relative, and is clearly above where the kernels flush an axis factor (below
-    sqrt(smallest normal)) to zero. With fewer than two markers the winner is never in doubt."""
-    dtype = compute_dtype(means.dtype)
-    batch_shape, n_markers = means.shape[:-2], means.shape[-2]
-    if n_markers < 2:
-        return torch.ones(*batch_shape, height, width, dtype=torch.bool, device=means.device)
-    # Each marker alone, in float64: the marker axis becomes a batch axis of one-marker images.
-    per_marker, _ = splat_render_reference(means.detach().double().unsqueeze(-2), sigmas.detach().double()[..., None],
-                                           amps.detach().double()[..., None], height, width)
-    best, runner_up = per_marker.topk(2, dim=-3).values.unbind(-3)
-    # A value a * fx * fy above 2 max|a| sqrt(tiny) has both factors above sqrt(tiny): none flushed.
-    flush_floor = 2 * float(amps.detach().abs().max()) * torch.finfo(dtype).tiny ** 0.5
-    return (best - runner_up > NEAR_TIE[dtype] * best.abs()) & (best.abs() > flush_floor)
-
-
-# --- rendering and comparing ----------------------------------------------------------------------
-
-
-def renderer(backend):
-    """splat_render with `backend` given: a backend name, or already a callable with splat_render's
-    signature (tests/test_cuda_emulated.py renders through the emulated CUDA kernels that way)."""
-    return backend if callable(backend) else functools.partial(splatkern.splat_render, backend=backend)
-
-
-def render_with_grads(backend, means, sigmas, amps, height, width, upstream, **kwargs):
-    """Image, winner map, and the gradients of sum(image * upstream) w.r.t. means, sigmas, amps.
-    `backend`: as renderer takes it."""
-    leaves = [t.detach().clone().requires_grad_() for t in (means, sigmas, amps)]
-    image, index = renderer(backend)(*leaves, height=height, width=width, return_index=True, **kwargs)
-    if not image.requires_grad:  # the reference's image for N = 0 does not depend on the markers
-        return image, index, [torch.zeros_like(t) for t in leaves]
-    grads = torch.autograd.grad(image, leaves, upstream.to(image.dtype), allow_unused=True)
-    return image.detach(), index, [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
-
-
-# (atol, rtol) per dtype. Images: against the float64 oracle (float16/bfloat16 are computed in
-# float32, so their error is the final rounding); float32 leaves room for CUDA's __expf (~|x| * 6e-8
-# relative per factor exp(-x), x <= 43.7). Gradients: sums over the pixels a marker wins, in float32
-# by atomics on GPUs, compared with atol relative to the largest gradient of the tensor (at least 1).
-TOLERANCES = {
-    #                image            gradients
-    torch.float32: ((2e-6, 2e-5), (1e-4, 2e-4)),
-    torch.float64: ((1e-12, 1e-10), (1e-10, 1e-9)),
-    torch.float16: ((1e-3, 2e-3), (2e-3, 2e-3)),
-    torch.bfloat16: ((8e-3, 1e-2), (1.6e-2, 1.6e-2)),
-}
-
-
 def assert_grads_close(grads, ref_grads, dtype):
     """Gradients of one backend against the reference's (either may be in any float dtype)."""
-    atol, rtol = TOLERANCES[dtype][1]
-    for name, grad, ref in zip(("means", "sigmas", "amps"), grads, ref_grads, strict=True):
-        assert grad.shape == ref.shape, name
-        scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
-        torch.testing.assert_close(grad.double(), ref.double(), atol=atol * scale, rtol=rtol,
-                                   msg=lambda m, name=name: f"grad of {name}: {m}")
+    failed = [measure.describe() for measure in measure_grads(grads, ref_grads, dtype) if not measure.ok]
+    assert not failed, "; ".join(failed)
 
 
 def assert_matches_reference(backend, means, sigmas, amps, height, width, *, clear=None, seed=0, **kwargs):
-    """The backend's image everywhere, and its winner map and gradients where the winner is clear
-    (the upstream gradient is zero on other pixels, so none can send its gradient to the marker
-    the oracle did not pick), against the float64 oracle. `clear` defaults to clear_pixels(...).
-    Returns the image, winner map and gradients of the backend, and the mask of clear pixels."""
-    dtype, device = means.dtype, means.device
-    if clear is None:
-        clear = clear_pixels(means, sigmas, amps, height, width)
-    # Rounded to the dtype first: exactly what the op's backward receives.
-    upstream = (random_like_image(clear.shape, device=device, seed=seed + 1) * clear).to(dtype)
-    image, index, grads = render_with_grads(backend, means, sigmas, amps, height, width, upstream, **kwargs)
-    ref_image, ref_index, ref_grads = render_with_grads(
-        "reference", *(t.double() for t in (means, sigmas, amps)), height, width, upstream.double())
-
-    assert image.dtype == dtype and image.device == device and image.shape == ref_image.shape
-    assert index.dtype == torch.int32 and index.shape == image.shape
-    assert all(g.dtype == dtype and g.device == device for g in grads)
-    atol, rtol = TOLERANCES[dtype][0]
-    torch.testing.assert_close(image.double(), ref_image, atol=atol, rtol=rtol)
-    assert torch.equal(index[clear], ref_index[clear])
-    assert_grads_close(grads, ref_grads, dtype)
-    return image, index, grads, clear
+    """splatkern.testing.compare_with_reference, asserted: the image everywhere, and the winner map
+    and gradients where the winner is clear. Returns the image, winner map and gradients of the
+    backend, and the mask of clear pixels."""
+    comparison = compare_with_reference(backend, means, sigmas, amps, height, width, clear=clear, seed=seed, **kwargs)
+    assert comparison.ok, comparison.describe()
+    return comparison.image, comparison.index, comparison.grads, comparison.clear
 
 
 # --- facts more than one test module checks ---------------------------------------------------------
@@ -213,9 +108,9 @@ def check_exact_ties_go_to_the_lowest_index(backend, device, dtype):
 
 
 def check_axis_factors_flush_at_the_contract_exponent(backend, device, dtype):
-    """A per-axis factor exp(-e) is flushed to zero exactly when e > -0.5 * log(smallest normal), in
-    the forward and in the backward's e (the contract; csrc/splat_constants.h kFlushExponent for C++)."""
-    threshold = -0.5 * math.log(torch.finfo(dtype).tiny)
+    """A per-axis factor exp(-e) is flushed to zero exactly when e > splatkern.facts.FLUSH_EXPONENT,
+    in the forward and in the backward's e (the contract)."""
+    threshold = FLUSH_EXPONENT[str(dtype).removeprefix("torch.")]
     below, above = threshold * (1 - 1e-3), threshold * (1 + 1e-3)
     # Four one-pixel images, one marker each (sigma 1, amp 1), offset from the pixel along x or y
     # by sqrt(2 e): that axis's exponent is e, the other's 0.

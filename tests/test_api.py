@@ -2,10 +2,14 @@
 canvas size) with clear errors naming the argument, the backend choice, and defaults. The checks
 of marker values run inside each backend: tests/test_backends.py."""
 
+import contextlib
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import splatkern
+from support import require
 
 
 def good():
@@ -62,6 +66,53 @@ def test_unavailable_backend_names_what_is_available():
 @pytest.mark.skipif("cpu" not in splatkern.available_backends("cpu"), reason="the C++ extension (splatkern._C) is not built")
 def test_auto_picks_the_cpu_kernel_for_cpu_tensors():
     assert splatkern.available_backends("cpu")[0] == "cpu"
+
+
+class _SplatkernFlags(TorchDispatchMode):
+    """Appends to `flags` the last argument (deterministic) of every splatkern op dispatched below autograd."""
+
+    def __init__(self, flags: list):
+        super().__init__()
+        self.flags = flags
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "splatkern":
+            self.flags.append(args[-1])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_deterministic_none_follows_torchs_flag(backend, monkeypatch):
+    """``deterministic=None`` passes torch.are_deterministic_algorithms_enabled() to the kernels (the
+    C++ forward and backward ops; the Triton backward), and an explicit value overrides it."""
+    require("cpu", backend)
+    flags = []  # the deterministic argument of each kernel call
+    if backend == "triton":
+        from splatkern import triton_kernels  # noqa: PLC0415 - imports triton
+
+        backward = triton_kernels.backward
+        monkeypatch.setattr(triton_kernels, "backward", lambda *args: flags.append(args[-1]) or backward(*args))
+        watching, kernel_calls = contextlib.nullcontext(), 1
+    else:
+        watching, kernel_calls = _SplatkernFlags(flags), 2
+
+    def flags_reaching_the_kernels(deterministic):
+        flags.clear()
+        means, sigmas, amps = (t.requires_grad_() for t in good())
+        with watching:
+            image = splatkern.splat_render(means, sigmas, amps, height=8, width=9, backend=backend,
+                                           deterministic=deterministic)
+            image.sum().backward()
+        return flags[:]
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        for torch_flag in (False, True):
+            torch.use_deterministic_algorithms(torch_flag)
+            assert flags_reaching_the_kernels(None) == [torch_flag] * kernel_calls
+            assert flags_reaching_the_kernels(not torch_flag) == [not torch_flag] * kernel_calls
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def test_default_amplitude_is_one():

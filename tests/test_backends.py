@@ -1,7 +1,9 @@
 """Every backend of splat_render against the contract (splatkern/reference.py): each fact is one test,
 parametrised over (device, backend). On CPU: the C++ kernel, Triton under its interpreter and the
 reference; on CUDA: the CUDA kernels, Triton and the reference (marked `gpu`; skipped, with the
-reason, where there is no CUDA device). The helpers and the tolerance table are in tests/support.py.
+reason, where there is no CUDA device). The shapes, the tolerance table and the comparison with the
+oracle are splatkern.testing's (which `splatkern check` runs on a user's machine); the test-only
+helpers are in tests/support.py.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import gc
 import math
 import re
 import warnings
-from typing import NamedTuple
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ import torch
 from bench.cases import captured_in_cuda_graph
 from splatkern import splat_render, splat_render_reference
 from splatkern.checks import FLAW_MESSAGES, NO_DOUBLE_BACKWARD
+from splatkern.testing import DTYPES, KERNEL_DTYPES, SHAPES, gradcheck, repeatability, separated_markers
 from support import (
     ALL_CASES,
     FUSED_CASES,
@@ -36,9 +38,6 @@ from support import (
     require,
 )
 
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# The dtypes the kernels compute in: float16 and bfloat16 run the float32 kernels.
-KERNEL_DTYPES = (torch.float32, torch.float64)
 CUDA_FUSED_CASES = [case for case in FUSED_CASES if case.values[0] == "cuda"]
 CUDA_CASES = [case for case in ALL_CASES if case.values[0] == "cuda"]
 # Where the reference backend is compared with the float64 oracle: on CPU it is the oracle itself, up to
@@ -67,32 +66,6 @@ def with_modes(cases):
     ]
 
 
-class Shape(NamedTuple):
-    batch: tuple[int, ...]
-    n_markers: int
-    height: int
-    width: int
-    interpreted: bool  # small enough for Triton's interpreter (milliseconds per kernel loop step and program)
-
-    def __str__(self) -> str:
-        return f"{'x'.join(map(str, self.batch)) or 'nobatch'}-N{self.n_markers}-{self.height}x{self.width}"
-
-
-# Odd sizes that fit no block evenly. Together: N = 0, 1, 7, 64, 300; no, one and two leading dims; H != W.
-SHAPES = [
-    Shape((), 7, 9, 41, True),  # no leading dims; N = 7 cuts Triton's marker blocks (forward 4, backward 8)
-    Shape((2, 3), 1, 9, 20, True),  # two leading dims; one marker
-    Shape((2,), 64, 13, 7, True),  # N = one CUDA marker block; H > W
-    Shape((4,), 0, 9, 41, True),  # no markers: zero image, index -1
-    Shape((1,), 21, 40, 36, True),  # Triton: backward marker blocks (16 / 8) cut; 2 x 2 forward tiles; 2 pixel runs
-    Shape((3,), 9, 1, 33, True),  # a single row
-    # Too slow for the interpreter (their Triton case runs on CUDA, cuda-triton):
-    Shape((1,), 300, 9, 41, False),  # several CUDA marker blocks (64), the last one cut
-    Shape((16,), 4, 28, 28, False),  # CPU: batch >= 16, one tile per image; the MNIST size
-    Shape((1,), 12, 70, 90, False),  # CPU: row tiles of 45 + 25 rows; CUDA: several backward tiles (2048 px)
-]
-
-
 def contract_matrix(cases, dtypes, shapes):
     """(device, backend, dtype, deterministic, shape) for every case, with the deterministic backward
     of the backends that have one in the kernels' own dtypes. The interpreted case is marked skip,
@@ -106,10 +79,10 @@ def contract_matrix(cases, dtypes, shapes):
                 for shape in shapes:
                     marks = list(case.marks)
                     if is_interpreted(device, backend) and not shape.interpreted:
-                        marks.append(pytest.mark.skip(reason="shape too slow for the Triton interpreter (cuda-triton runs it)"))
+                        marks.append(pytest.mark.skip(reason="Triton interpreter: shape too slow for it (cuda-triton runs it)"))
                     elif is_interpreted(device, backend) and dtype not in KERNEL_DTYPES:
-                        marks.append(pytest.mark.skip(reason="the interpreter checks the float32 kernels that float16/bfloat16 "
-                                                             "run in float32 cases (cuda-triton runs them)"))
+                        marks.append(pytest.mark.skip(reason="Triton interpreter: float16/bfloat16 run the float32 kernels "
+                                                             "it checks (cuda-triton runs them)"))
                     dtype_id = str(dtype).removeprefix("torch.")
                     params.append(pytest.param(device, backend, dtype, deterministic, shape, marks=marks,
                                                id=f"{case.id}-{dtype_id}{mode_id(backend, deterministic)}-{shape}"))
@@ -233,30 +206,15 @@ def test_expanded_upstream_gradient(device, backend):
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
-def separated_markers(device: str) -> list[torch.Tensor]:
-    """Three float64 markers on 7 x 8 that require grad, well apart, with distinct amplitudes: no
-    pixel's winner changes under gradcheck's perturbations."""
-    means = torch.tensor([[1.2, 1.7], [5.6, 2.3], [3.1, 5.4]], dtype=torch.float64, device=device)
-    sigmas = torch.tensor([0.9, 1.3, 1.1], dtype=torch.float64, device=device)
-    amps = torch.tensor([0.7, 1.0, 0.85], dtype=torch.float64, device=device)
-    assert clear_pixels(means, sigmas, amps, 7, 8).all()
-    return [t.requires_grad_() for t in (means, sigmas, amps)]
-
-
 @pytest.mark.parametrize("device, backend, deterministic", with_modes(ALL_CASES))
 def test_gradcheck_float64(device, backend, deterministic):
     require(device, backend)
+    measure = gradcheck(backend, device, deterministic=deterministic)
+    assert measure.ok, measure.note
 
-    def render(m, s, a):
-        return splat_render(m, s, a, height=7, width=8, backend=backend, deterministic=deterministic)
 
-    inputs = separated_markers(device)
-    # An atomic backward may add in any order: rounding-level differences between runs are allowed.
-    nondet_tol = 1e-12 if backend in WITH_ATOMIC_BACKWARD and not deterministic else 0.0
-    # Under the interpreter a backward call costs ~30 ms: one random projection of the Jacobian
-    # (fast mode) instead of one backward call per pixel.
-    assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-7, nondet_tol=nondet_tol,
-                                    fast_mode=is_interpreted(device, backend))
+def test_separated_markers_have_certain_winners():
+    assert clear_pixels(*separated_markers("cpu"), 7, 8).all()
 
 
 @pytest.mark.parametrize("device, backend", ALL_CASES)
@@ -351,19 +309,11 @@ def test_torch_compile_fullgraph(device, backend):
 
 @pytest.mark.parametrize("device, backend", FUSED_CASES)
 def test_deterministic_is_bit_identical_on_repeat(device, backend):
+    """deterministic=True repeats bit for bit, and the default backward agrees with it up to the order
+    of additions."""
     require(device, backend)
-    # On a GPU, many pixels per marker, so that an atomic backward would see contention.
-    batch, n_markers, size = (8, 64, 64) if device == "cuda" else (3, 20, 28)
-    means, sigmas, amps = make_markers((batch,), n_markers, size, size, device=device, seed=8)
-    upstream = random_like_image((batch, size, size), device=device, seed=9).float()
-    runs = [render_with_grads(backend, means, sigmas, amps, size, size, upstream, deterministic=True)
-            for _ in range(3)]
-    for image, index, grads in runs[1:]:
-        assert torch.equal(image, runs[0][0]) and torch.equal(index, runs[0][1])
-        assert all(torch.equal(g, first) for g, first in zip(grads, runs[0][2], strict=True))
-    # ...and the atomic backward agrees with it up to the order of additions.
-    atomic = render_with_grads(backend, means, sigmas, amps, size, size, upstream, deterministic=False)[2]
-    assert_grads_close(atomic, runs[0][2], torch.float32)
+    failed = [measure.describe() for measure in repeatability(backend, device) if not measure.ok]
+    assert not failed, failed
 
 
 # id: (which tensor, where, the bad value, the flaw bit whose message every backend must raise word for word:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,11 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
         assert case["limit_fraction_best"] == pytest.approx(case["pairs"] / limit["pairs_per_s"] / case["best_s"])
         assert case["limit_fraction_best"] >= case["limit_fraction"]
     training = results["training"]
-    if "skipped" in training:  # splatkern.models not available in this checkout: the reason is recorded
-        assert training["skipped"]
-    else:
-        assert {row["backend"] for row in training["rows"]} == expected - {"compile(reference)"}
-        for row in training["rows"]:
-            assert row["images_per_s"] > 0 and row["steps"] == training["timed_steps"]
-            assert 0 < row["render_s"] and 0 < row["render_share"]
+    assert "skipped" not in training and "error" not in training, training
+    assert {row["backend"] for row in training["rows"]} == expected - {"compile(reference)"}
+    for row in training["rows"]:
+        assert row["images_per_s"] > 0 and row["steps"] == training["timed_steps"]
+        assert 0 < row["render_s"] and 0 < row["render_share"]
 
     table = (tmp_path / "results.md").read_text()
     assert table.count("\n| B=") == len(cases)
@@ -77,6 +76,25 @@ def test_quick_preset_writes_json_markdown_and_plots(tmp_path):
     for plot in PLOTS:
         with Image.open(tmp_path / plot) as image:
             assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_a_model_that_fails_to_build_fails_the_run(monkeypatch, tmp_path, capsys):
+    """The training section's model failing to build is an error of the run (exit 1, recorded in the
+    JSON and the table), never a skipped section."""
+    from bench import report, run, training  # noqa: PLC0415
+
+    def broken(backend):
+        raise ImportError(f"cannot build the gesture model for {backend}")
+
+    monkeypatch.setattr(training, "build_gesture_model", broken)
+    one_step = replace(run.PRESETS["training"], training_steps=1, training_batches=(2,))
+    monkeypatch.setitem(run.PRESETS, "training", one_step)
+    assert run.main(["--preset", "training", "--device", "cpu", "--backends", "reference", "--out", str(tmp_path)]) == 1
+    results = json.loads((tmp_path / report.JSON_NAME).read_text())
+    assert results["training"] == {"error": "ImportError: cannot build the gesture model for reference"}
+    table = (tmp_path / report.MARKDOWN_NAME).read_text()
+    assert "Failed: ImportError: cannot build the gesture model for reference." in table
+    assert "1 case(s) failed" in capsys.readouterr().out
 
 
 def test_triton_sweep_times_and_checks_each_candidate(monkeypatch, tmp_path):

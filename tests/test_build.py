@@ -1,9 +1,13 @@
-"""setup.py builds a CPU-only extension on request (SPLATKERN_CUDA=0), which loads and runs."""
+"""setup.py builds a CPU-only extension on request (SPLATKERN_CUDA=0), which loads and runs, and records
+what it was built against."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,6 +18,9 @@ def test_cpu_only_build_has_cpu_kernels_and_no_cuda_kernels(tmp_path):
                     "--build-temp", str(tmp_path / "tmp")], cwd=REPO, env=env, check=True, timeout=600,
                    capture_output=True)
     (library,) = (tmp_path / "lib" / "splatkern").glob("_C*.so")
+    # The build records beside the extension what it is built against: this torch, no CUDA kernels.
+    info = runpy.run_path(str(library.with_name("_build_info.py")))
+    assert (info["TORCH_VERSION"], info["CUDA_VERSION"], info["CUDA_ARCH_LIST"]) == (torch.__version__, None, None)
     # A fresh process: this one has the installed extension's ops registered already.
     probe = f"""
 import torch

@@ -2,12 +2,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from splatkern import cli
+from splatkern import cli, testing, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,5 +74,91 @@ def test_python_dash_m_runs_the_same_command_line():
     result = subprocess.run([sys.executable, "-m", "splatkern", "--help"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("train", "eval", "render", "demo"):
+    for command in ("train", "eval", "render", "demo", "doctor", "check"):
         assert command in result.stdout
+
+
+# Marks the train extra's packages as not installed: both `import` and importlib.util.find_spec then
+# behave as they do where the package is missing.
+WITHOUT_EXTRAS = f"""
+import sys
+sys.modules.update(dict.fromkeys({cli.TRAIN_EXTRA!r}))
+from splatkern.cli import main
+for argv in sys.argv[1:]:
+    try:
+        code = main(argv.split())
+    except SystemExit as exit:
+        code = exit.code
+    print("EXIT", argv.split()[0], code, flush=True)
+    print("EXIT", argv.split()[0], code, file=sys.stderr, flush=True)
+"""
+
+
+def test_a_base_install_has_help_doctor_and_check_and_names_the_extra_the_rest_needs():
+    commands = ["--help", "doctor", "check --quick --backend cpu", "train --epochs 1", "demo", "eval", "render"]
+    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, *commands], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    exits = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("EXIT")]
+    assert exits == [["--help", "0"], ["doctor", "0"], ["check", "0"], ["train", "2"], ["demo", "2"], ["eval", "2"],
+                     ["render", "2"]]
+    assert "To check the kernels against the reference on this machine: splatkern check" in result.stdout
+    assert "cpu on cpu: OK" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("splatkern: error:")]
+    assert errors == [f"splatkern: error: {command!r} needs the train extra (no {', '.join(cli.TRAIN_EXTRA)}): "
+                      "pip install 'splatkern[train]'" for command in ("train", "demo", "eval", "render")]
+
+
+@pytest.mark.parametrize("command", ["eval", "render"])
+def test_eval_and_render_without_a_checkpoint_exit_2(tmp_path, capsys, command):
+    assert cli.main([command, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"splatkern: error: no checkpoint at {tmp_path / 'checkpoint.pt'}\n"
+
+
+def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys):
+    assert cli.main(["train", "--resume", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"splatkern: error: no checkpoint at {tmp_path / 'checkpoint.pt'}\n"
+
+
+@pytest.mark.parametrize("argv, message", [(["train", "--epochs", "many"], "argument --epochs: invalid int value"),
+                                           (["train", "--model", "cube"], "argument --model: invalid choice"),
+                                           (["paint"], "invalid choice: 'paint'"),
+                                           (["check", "--fast"], "unrecognized arguments: --fast")])
+def test_bad_flags_exit_2_with_usage(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("usage: splatkern") and message in error and "Traceback" not in error
+
+
+def test_check_with_an_unknown_backend_or_device_exits_2(capsys):
+    assert cli.main(["check", "--backend", "opengl"]) == 2
+    assert "unknown backend 'opengl'" in capsys.readouterr().err
+    assert cli.main(["check", "--device", "tpu"]) == 2
+    assert "device 'tpu'" in capsys.readouterr().err
+
+
+@dataclass
+class _Report:
+    ok: bool
+
+    def summary(self) -> str:
+        return f"report {'OK' if self.ok else 'FAILED'}"
+
+
+@pytest.mark.parametrize("oks, code", [((True, True), 0), ((True, False), 1), ((), 2)])
+def test_check_exit_code_follows_the_reports(monkeypatch, capsys, oks, code):
+    """0 when every report is ok, 1 on a mismatch, 2 when there is nothing to check."""
+    calls = []
+    monkeypatch.setattr(testing, "check_all", lambda *args, **kwargs: calls.append((args, kwargs)) or
+                        [_Report(ok) for ok in oks])
+    assert cli.main(["check", "--device", "cpu", "--backend", "cpu", "--quick"]) == code
+    assert calls == [(("cpu", ["cpu"]), {"quick": True})]
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"report {'OK' if ok else 'FAILED'}" for ok in oks]
+    assert ("no compiled or Triton backend to check here" in err) == (not oks)
+
+
+def test_the_command_line_and_the_library_share_the_run_directory():
+    assert cli.TRAIN_OUT == train.TrainConfig().out_dir

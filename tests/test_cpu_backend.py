@@ -1,7 +1,7 @@
 """What only the C++ CPU kernel promises: the same bits whatever the thread count and whichever vector
-width (ISA) composites. Its values,
-winners and gradients are checked with every other backend's in test_backends.py, whose shapes
-include the CPU kernel's tilings (row tiles of ~4096 pixels below a batch of 16, whole images from 16)."""
+width (ISA) it runs. Its values, winners and gradients are checked with every other backend's in
+test_backends.py, whose shapes include the CPU kernel's tilings (row tiles of ~4096 pixels below a
+batch of 16, whole images from 16)."""
 
 import os
 import subprocess
@@ -35,41 +35,60 @@ def test_thread_count_does_not_change_results(batch):
         assert torch.equal(one, two)
 
 
-# Renders a few shapes (widths that cut every vector width, N = 1 and N past the tables' padding,
-# float32 and float64) with the CPU kernel and saves the images and winner maps to argv[1].
+# Renders a few shapes with the CPU kernel, forward and backward, and saves the images, winner maps and
+# gradients to argv[1]. The shapes: widths that cut every vector width; N = 1 and N past a vector of
+# markers; row tiles that start inside the image (batch 1, 130 rows) and whole images (batch 17);
+# float32 and float64.
 _RENDER_CASES = """
 import sys, torch, splatkern
 sys.path.insert(0, sys.argv[2])
-from support import make_markers
+from support import make_markers, random_like_image
 out = {}
 for batch, n, height, width, dtype in [(3, 1, 5, 9, torch.float32), (2, 70, 13, 41, torch.float32),
-                                       (17, 25, 28, 28, torch.float32), (2, 9, 7, 37, torch.float64)]:
-    markers = make_markers((batch,), n, height, width, dtype=dtype, seed=n)
-    out[f"{batch}-{n}-{height}x{width}-{dtype}"] = splatkern.splat_render(
-        *markers, height=height, width=width, backend="cpu", return_index=True)
+                                       (17, 25, 28, 28, torch.float32), (1, 12, 130, 70, torch.float32),
+                                       (2, 9, 7, 37, torch.float64), (1, 30, 90, 50, torch.float64)]:
+    leaves = [t.requires_grad_() for t in make_markers((batch,), n, height, width, dtype=dtype, seed=n)]
+    image, index = splatkern.splat_render(*leaves, height=height, width=width, backend="cpu", return_index=True)
+    image.backward(random_like_image(image.shape, seed=n).to(dtype))
+    out[f"{batch}-{n}-{height}x{width}-{dtype}"] = (image.detach(), index, *(t.grad for t in leaves))
 torch.save(out, sys.argv[1])
 """
+_RESULTS = ("image", "winners", "grad means", "grad sigmas", "grad amps")
 
 
-@pytest.mark.parametrize("isa", ["avx2", "sse2"])
-def test_every_vector_width_composites_the_same_bits(isa, tmp_path):
-    """csrc/splat_cpu.cpp compiles its compositing loop once per vector width and runs the widest the
-    CPU has; SPLATKERN_CPU_ISA picks a narrower one, which must give bit-identical images and winners."""
-    require("cpu", "cpu")
+@pytest.fixture(scope="module")
+def results_by_isa(tmp_path_factory):
+    """The render cases' results with SPLATKERN_CPU_ISA set to an ISA, computed once per ISA."""
     tests = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tests.parent), os.environ.get("PYTHONPATH")]))}
-    results = {}
-    for name in ("", isa):  # "": the widest this CPU has
-        child = subprocess.run([sys.executable, "-c", _RENDER_CASES, str(tmp_path / f"{name or 'widest'}.pt"), str(tests)],
-                               env={**env, "SPLATKERN_CPU_ISA": name}, capture_output=True, text=True, timeout=300)
-        if "this CPU does not have it" in child.stderr:
-            pytest.skip(f"this CPU has no {isa}")
-        assert child.returncode == 0, child.stderr[-3000:]
-        results[name] = torch.load(tmp_path / f"{name or 'widest'}.pt", weights_only=True)
-    for case, (image, index) in results[""].items():
-        narrow_image, narrow_index = results[isa][case]
-        assert torch.equal(image, narrow_image), case
-        assert torch.equal(index, narrow_index), case
+    folder = tmp_path_factory.mktemp("isa")
+    cache = {}
+
+    def results(isa: str) -> dict:
+        if isa not in cache:
+            child = subprocess.run([sys.executable, "-c", _RENDER_CASES, str(folder / f"{isa}.pt"), str(tests)],
+                                   env={**env, "SPLATKERN_CPU_ISA": isa}, capture_output=True, text=True, timeout=300)
+            if "this CPU does not have it" in child.stderr:
+                pytest.skip(f"this CPU has no {isa}")
+            assert child.returncode == 0, child.stderr[-3000:]
+            cache[isa] = torch.load(folder / f"{isa}.pt", weights_only=True)
+        return cache[isa]
+
+    return results
+
+
+@pytest.mark.parametrize("isa", ["avx512f", "avx2"])
+def test_every_vector_width_gives_the_same_bits(isa, results_by_isa):
+    """csrc/splat_cpu.cpp compiles its vectorised loops (the factor tables, the compositing loop, the
+    backward's pixel sums) once per ISA and runs the one SPLATKERN_CPU_ISA names: each wider ISA must
+    give the images, winners and gradients of SSE2's 16-byte vectors, bit for bit."""
+    require("cpu", "cpu")
+    baseline = results_by_isa("sse2")
+    wide = results_by_isa(isa)
+    assert wide.keys() == baseline.keys()
+    for case, tensors in baseline.items():
+        for name, expected, got in zip(_RESULTS, tensors, wide[case], strict=True):
+            assert torch.equal(got, expected), f"{case}: {name}"
 
 
 def test_an_unknown_isa_name_is_an_error():

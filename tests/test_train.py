@@ -58,6 +58,10 @@ def _weights(model) -> dict:
     return {name: value.clone() for name, value in model.state_dict().items()}
 
 
+def _drop_time(history: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in history]
+
+
 def test_resume_gives_bit_identical_weights_and_metrics(tmp_path):
     settings = dict(dataset="digits", train_limit=160, test_limit=32, seed=5)
     straight = train.train(_config(tmp_path, "straight", epochs=3, **settings), progress=False)
@@ -65,8 +69,7 @@ def test_resume_gives_bit_identical_weights_and_metrics(tmp_path):
     resumed = train.train(_config(tmp_path, "resumed", epochs=3, **settings), resume=True, progress=False)
     for name, value in _weights(straight.model).items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
-    drop_time = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
-    assert drop_time(resumed.history) == drop_time(straight.history)
+    assert _drop_time(resumed.history) == _drop_time(straight.history)
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):
@@ -80,8 +83,47 @@ def _cli(*args, **popen):
     return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, **popen)
 
 
+def test_ctrl_c_mid_epoch_checkpoints_that_step_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """A real SIGINT, sent by the process to itself in the 13th of 3 x 10 steps: the checkpoint is the
+    one after that step (epoch 2, step 3), and the resumed run ends where the uninterrupted one does."""
+    settings = dict(dataset="digits", train_limit=160, test_limit=32, seed=5, epochs=3)  # 10 steps per epoch
+    at_interrupt = {}
+    take_step = train._step
+
+    def step_then_ctrl_c(net, optimizer, images):
+        result = take_step(net, optimizer, images)
+        at_interrupt["steps"] = at_interrupt.get("steps", 0) + 1
+        if at_interrupt["steps"] == 13:
+            at_interrupt["weights"] = _weights(net)
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train, "_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="training interrupted"):
+        train.train(_config(tmp_path, "interrupted", **settings), progress=False)
+    monkeypatch.undo()
+    assert at_interrupt["steps"] == 13  # the step under way finished; none followed
+
+    state = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)
+    position = state["position"]
+    assert (position["epoch"], position["step_in_epoch"], position["global_step"]) == (1, 3, 13)
+    assert position["samples"] == 3 * 16 and len(position["history"]) == 1  # the epoch's sums so far
+    for name, value in at_interrupt["weights"].items():
+        assert torch.equal(state["model"][name], value), name
+
+    resumed = train.train(_config(tmp_path, "interrupted", **settings), resume=True, progress=False)
+    straight = train.train(_config(tmp_path, "straight", **settings), progress=False)
+    for name, value in _weights(straight.model).items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    assert _drop_time(resumed.history) == _drop_time(straight.history)
+
+
 def test_ctrl_c_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_result(tmp_path):
+    """`splatkern train` stopped by Ctrl-C from outside, at whatever step it is in, in its second epoch
+    or later: exit 130, the checkpoint of that step (not of the last epoch's end), and a resume that
+    ends bit-identical to a run never interrupted."""
     flags = ["--dataset", "digits", "--train-limit", "320", "--test-limit", "16", "--seed", "2"]
+    steps_per_epoch = 320 // 16
     interrupted = tmp_path / "interrupted"
     run = _cli(*flags, "--epochs", "40", "--out", str(interrupted))
     deadline = time.monotonic() + 120
@@ -92,9 +134,12 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_result(tmp
     assert run.returncode == 130, stderr
     assert "--resume" in stderr
     stopped = torch.load(interrupted / "checkpoint.pt", weights_only=True)["position"]
-    assert 0 < stopped["global_step"] < 40 * 20
+    # An epoch's end saves step_in_epoch 0; the interrupt saves after the step it let finish, >= 1.
+    assert 1 <= stopped["step_in_epoch"] <= steps_per_epoch and stopped["epoch"] >= 1
+    assert stopped["global_step"] == stopped["epoch"] * steps_per_epoch + stopped["step_in_epoch"]
+    assert stopped["samples"] == stopped["step_in_epoch"] * 16 and len(stopped["history"]) == stopped["epoch"]
 
-    # finish both runs at the epoch after the interruption (keeps the test short)
+    # finish both runs at the end of the interrupted epoch (keeps the test short)
     epochs = str(stopped["epoch"] + 1)
     resume = _cli("--resume", "--epochs", epochs, "--out", str(interrupted))
     straight = _cli(*flags, "--epochs", epochs, "--out", str(tmp_path / "straight"))
@@ -104,3 +149,6 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_result(tmp
     b = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
     for name in b:
         assert torch.equal(a[name], b[name]), name
+    histories = [json.loads((folder / "metrics.json").read_text()) for folder in (interrupted, tmp_path / "straight")]
+    assert len(histories[0]) == int(epochs)
+    assert _drop_time(histories[0]) == _drop_time(histories[1])
