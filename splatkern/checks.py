@@ -15,11 +15,9 @@ from collections.abc import Callable
 
 import torch
 
-from splatkern.facts import BAD_INDEX, FLAW_BIT, FLAW_MESSAGES, NO_DOUBLE_BACKWARD
+from splatkern.facts import BAD_INDEX, FLAW_BIT, FLAW_MESSAGES
 
 __all__ = [
-    "FLAW_MESSAGES",
-    "NO_DOUBLE_BACKWARD",
     "check_backward_layout",
     "check_canvas",
     "check_markers",

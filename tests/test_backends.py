@@ -18,7 +18,7 @@ import torch
 
 from bench.cases import captured_in_cuda_graph
 from splatkern import splat_render, splat_render_reference
-from splatkern.checks import FLAW_MESSAGES, NO_DOUBLE_BACKWARD
+from splatkern.facts import BAD_INDEX, FLAW_MESSAGES, NO_DOUBLE_BACKWARD
 from splatkern.testing import DTYPES, KERNEL_DTYPES, SHAPES, gradcheck, repeatability, separated_markers
 from support import (
     ALL_CASES,
@@ -381,7 +381,7 @@ def test_backward_op_rejects_an_index_it_cannot_gather(device, backend):
     for bad in (3, -1):
         out_of_range = index.clone()
         out_of_range[1, 2, 3] = bad
-        with pytest.raises(ValueError, match=re.escape("splat_backward: index holds values outside [0, 3)")):
+        with pytest.raises(ValueError, match=re.escape(BAD_INDEX.format(n_markers=3))):
             backward(grad_image, means, sigmas, amps, out_of_range, False)
     with pytest.raises(TypeError, match="index must be int32"):
         backward(grad_image, means, sigmas, amps, index.long(), False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatkern.checks import FLAW_MESSAGES
+from splatkern.facts import FLAW_MESSAGES
 from support import (
     assert_matches_reference,
     check_axis_factors_flush_at_the_contract_exponent,
