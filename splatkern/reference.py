@@ -1,12 +1,16 @@
 """The contract of ``splat_render``, written once: its docstring and its plain-PyTorch oracle.
 
-Every backend (C++ CPU, CUDA, Triton) implements exactly the function below and is tested
-against it. This module imports no kernel.
+Every backend (C++ CPU, CUDA, Triton) implements exactly ``splat_render_reference`` and is tested
+against it. ``composite_reference`` states the per-pixel compositing rules (max, and the soft modes
+that the fused backends do not implement yet). This module imports no kernel.
 """
 
 from __future__ import annotations
 
 import torch
+
+# How an op's primitives are composited per pixel: composite_reference's docstring is the rule.
+COMPOSITES = ("max", "softor", "over", "smoothmax")
 
 
 def splat_render_reference(
@@ -45,17 +49,55 @@ def splat_render_reference(
     This is the naive form the 2019 article's TensorFlow code used: it materialises
     ``[..., N, H, W]`` and reduces it, which is what makes it obviously correct and slow.
     """
-    batch_shape = means.shape[:-2]
-    n_markers = means.shape[-2]
-    if n_markers == 0:
+    if means.shape[-2] == 0:
+        batch_shape = means.shape[:-2]
         image = means.new_zeros(*batch_shape, height, width)
         index = torch.full((*batch_shape, height, width), -1, dtype=torch.int32, device=means.device)
         return image, index
+    image, index = marker_values(means, sigmas, amps, height, width).max(dim=-3)
+    return image, index.to(torch.int32)
+
+
+def marker_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[..., N, H, W]``: each marker's value ``v_n = amps_n * exp(-d^2 / (2 sigma_n^2))`` at every pixel,
+    in the pixel convention of :func:`splat_render_reference`."""
     xs = torch.arange(width, dtype=means.dtype, device=means.device)
     ys = torch.arange(height, dtype=means.dtype, device=means.device)
     mx = means[..., 0, None, None]  # [..., N, 1, 1]
     my = means[..., 1, None, None]
     sq_dist = (xs - mx) ** 2 + (ys[:, None] - my) ** 2  # [..., N, H, W]
-    per_marker = amps[..., None, None] * torch.exp(-sq_dist / (2 * sigmas[..., None, None] ** 2))
-    image, index = per_marker.max(dim=-3)
-    return image, index.to(torch.int32)
+    return amps[..., None, None] * torch.exp(-sq_dist / (2 * sigmas[..., None, None] ** 2))
+
+
+def composite_reference(values: torch.Tensor, composite: str = "max", temperature: float = 1.0) -> torch.Tensor:
+    r"""Composite per-primitive values ``v [..., N, H, W]`` over ``N`` into an image ``[..., H, W]``.
+
+    The rule every op shares (markers today; a stroke plays a marker's part the same way):
+
+    * ``"max"``: ``out = max_n v_n``; its gradient reaches each pixel's winner only (lowest ``n`` on ties).
+    * ``"softor"``: ``out = 1 - prod_n (1 - v_n)``.
+    * ``"over"``: ``out = sum_n v_n prod_{m<n} (1 - v_m)``, primitive 0 in front. With the value as
+      both coverage and intensity the sum telescopes: ``over`` equals ``softor`` in exact arithmetic,
+      and the two differ by rounding only.
+    * ``"smoothmax"``: ``out = sum_n w_n v_n`` with ``w = softmax_n(v_n / temperature)`` over all ``N``
+      primitives, those whose value is 0 at the pixel included.
+
+    ``softor`` and ``over`` are meant for values in ``[0, 1]`` (``0 <= amps <= 1``); ``temperature`` is
+    used by ``smoothmax`` only. ``N = 0`` gives zeros in every mode. Gradients are autograd's of these
+    formulas: ``torch.prod`` and ``torch.cumprod`` differentiate exactly where a factor ``1 - v`` is 0,
+    and ``torch.softmax`` subtracts its running max, so ``v = 1`` and small temperatures stay finite.
+    """
+    if composite not in COMPOSITES:
+        raise ValueError(f"composite_reference: composite must be one of {COMPOSITES}, got {composite!r}")
+    if values.shape[-3] == 0:
+        return values.new_zeros(*values.shape[:-3], *values.shape[-2:])
+    if composite == "max":
+        return values.max(dim=-3).values
+    if composite == "softor":
+        return 1 - torch.prod(1 - values, dim=-3)
+    if composite == "over":
+        in_front = torch.cumprod(1 - values, dim=-3)  # prod_{m<=n}: shifted by one below
+        transmittance = torch.cat([torch.ones_like(in_front[..., :1, :, :]), in_front[..., :-1, :, :]], dim=-3)
+        return (values * transmittance).sum(dim=-3)
+    weights = torch.softmax(values / temperature, dim=-3)
+    return (weights * values).sum(dim=-3)
