@@ -22,11 +22,18 @@ __all__ = [
     "check_canvas",
     "check_markers",
     "check_values",
+    "compute_dtype",
     "raise_bad_index",
     "raise_marker_flaws",
 ]
 
+# The dtypes the kernels compute in; float16 and bfloat16 inputs are computed in float32 (the contract).
 KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a floating input of ``dtype`` is computed in."""
+    return dtype if dtype in KERNEL_DTYPES else torch.float32
 
 
 def _refuse(cond, error: type[Exception], text: str, got: Callable[[], object]) -> None:

@@ -10,7 +10,7 @@ import torch
 
 import splatkern
 from splatkern import _extension
-from splatkern.ops import AUTO_ORDER, available_backends
+from splatkern.ops import available_backends, backend_candidates
 
 
 def _triton() -> str:
@@ -52,8 +52,7 @@ def report() -> str:
         lines.append(f"  {_extension.LOAD_ERROR}")
     for device in ("cpu", "cuda"):
         lines.append(f"backends for {device} tensors: {', '.join(available_backends(device))}")
-        candidates = dict.fromkeys((*AUTO_ORDER[device], "triton"))  # as ops lists them
         lines += [f"  no {backend}: {_said_once(_extension.missing_reason(backend, device))}"
-                  for backend in candidates if backend not in available_backends(device)]
+                  for backend in backend_candidates(device) if backend not in available_backends(device)]
     lines.append("To check the kernels against the reference on this machine: splatkern check")
     return "\n".join(lines)

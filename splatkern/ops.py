@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from splatkern import _extension
-from splatkern.checks import check_backward_layout, check_canvas, check_markers, check_values
+from splatkern.checks import check_backward_layout, check_canvas, check_markers, check_values, compute_dtype
 from splatkern.facts import NO_DOUBLE_BACKWARD
 from splatkern.reference import splat_render_reference
 
@@ -23,6 +23,12 @@ BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 # "auto" takes the first available backend for the tensors' device: the fastest in the benchmarks
 # (docs/performance.md).
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+def backend_candidates(device_type: str) -> tuple[str, ...]:
+    """The backends that may run on ``device_type`` tensors, in "auto"'s order, triton last: Triton on
+    CPU tensors (its interpreter) is selectable by name, never "auto"'s choice."""
+    return tuple(dict.fromkeys((*AUTO_ORDER.get(device_type, ("reference",)), "triton")))
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
@@ -40,9 +46,7 @@ _AVAILABLE: dict[str, tuple[str, ...]] = {}
 @torch.compiler.assume_constant_result
 def _available_backends(device_type: str) -> tuple[str, ...]:
     if device_type not in _AVAILABLE:
-        order = AUTO_ORDER.get(device_type, ("reference",))
-        # Triton on CPU tensors (interpreter) is selectable by name, never "auto"'s choice.
-        _AVAILABLE[device_type] = tuple(name for name in dict.fromkeys((*order, "triton"))
+        _AVAILABLE[device_type] = tuple(name for name in backend_candidates(device_type)
                                         if _extension.missing_reason(name, device_type) is None)
     return _AVAILABLE[device_type]
 
@@ -289,10 +293,10 @@ def splat_render(
         batch, n_markers = math.prod(batch_shape), means.shape[-2]
         means = means.reshape(batch, n_markers, 2)
         sigmas, amps = sigmas.reshape(batch, n_markers), amps.reshape(batch, n_markers)
-    compute_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    computed_in = compute_dtype(dtype)
     # (`.to` dispatches even to the same dtype: skipped where it would do nothing)
     flat_means, flat_sigmas, flat_amps = (
-        (t if t.dtype == compute_dtype else t.to(compute_dtype)).contiguous() for t in (means, sigmas, amps)
+        (t if t.dtype == computed_in else t.to(computed_in)).contiguous() for t in (means, sigmas, amps)
     )
 
     if chosen == "reference":

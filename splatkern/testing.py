@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
+from splatkern.checks import KERNEL_DTYPES, compute_dtype
 from splatkern.facts import FLUSH_EXPONENT
 from splatkern.ops import BACKENDS, available_backends, splat_render
 from splatkern.reference import splat_render_reference
@@ -44,10 +45,13 @@ __all__ = [
 # Backends whose backward has a separate deterministic path (atomic additions otherwise). The CPU
 # kernel is always deterministic; the reference is autograd of torch.max.
 WITH_ATOMIC_BACKWARD = ("cuda", "triton")
-# The dtypes the kernels compute in; float16 and bfloat16 run the float32 kernels (the contract).
-KERNEL_DTYPES = (torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 DTYPES = (*KERNEL_DTYPES, *HALF_DTYPES)
+
+
+def backward_modes(backend: str) -> tuple[bool, ...]:
+    """The `deterministic` values that select different backward code in `backend`."""
+    return (False, True) if backend in WITH_ATOMIC_BACKWARD else (False,)
 
 
 def is_interpreted(device: str | torch.device, backend: str) -> bool:
@@ -133,11 +137,6 @@ def separated_markers(device: str | torch.device) -> list[torch.Tensor]:
 # other marker: separable factors round differently from the oracle (CUDA's fast __expf too, by up
 # to ~50 ulp near the flush cut-off). Keyed by the dtype the kernels compute in.
 NEAR_TIE = {torch.float32: 1e-4, torch.float64: 1e-9}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 and bfloat16 are computed in float32 (the contract)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def clear_pixels(means, sigmas, amps, height, width):
@@ -442,7 +441,7 @@ def _cases(backend: str, device: torch.device, quick: bool) -> list[tuple[str, C
     """(name, run) of every case of one backend on one device: run returns the case's measures."""
     interpreted = is_interpreted(device, backend)
     shapes = (TINY_SHAPES if interpreted else SHAPES)[:QUICK if quick else None]
-    modes = (False, True) if backend in WITH_ATOMIC_BACKWARD else (False,)
+    modes = backward_modes(backend)
     # (dtype, shape, deterministic). float16 and bfloat16 run the float32 kernels: the quick check and
     # the interpreter check the casts around them on one shape; the quick check takes one shape for
     # the deterministic backward too.

@@ -19,7 +19,8 @@ import torch
 from bench.cases import captured_in_cuda_graph
 from splatkern import splat_render, splat_render_reference
 from splatkern.facts import BAD_INDEX, FLAW_MESSAGES, NO_DOUBLE_BACKWARD
-from splatkern.testing import DTYPES, KERNEL_DTYPES, SHAPES, gradcheck, repeatability, separated_markers
+from splatkern.testing import (DTYPES, KERNEL_DTYPES, SHAPES, backward_modes, gradcheck, repeatability,
+                               separated_markers)
 from support import (
     ALL_CASES,
     FUSED_CASES,
@@ -46,11 +47,6 @@ COMPARED_CASES = [*FUSED_CASES, *(case for case in CUDA_CASES if case.values[1] 
 CPP_CASES = [case for case in FUSED_CASES if case.values[1] in ("cpu", "cuda")]
 
 
-def modes(backend: str) -> tuple[bool, ...]:
-    """The `deterministic` values that select different backward code in `backend`."""
-    return (False, True) if backend in WITH_ATOMIC_BACKWARD else (False,)
-
-
 def mode_id(backend: str, deterministic: bool) -> str:
     if backend not in WITH_ATOMIC_BACKWARD:
         return ""
@@ -62,7 +58,7 @@ def with_modes(cases):
     return [
         pytest.param(*case.values, deterministic, marks=case.marks, id=case.id + mode_id(case.values[1], deterministic))
         for case in cases
-        for deterministic in modes(case.values[1])
+        for deterministic in backward_modes(case.values[1])
     ]
 
 
@@ -75,7 +71,7 @@ def contract_matrix(cases, dtypes, shapes):
     for case in cases:
         device, backend = case.values
         for dtype in dtypes:
-            for deterministic in modes(backend) if dtype in KERNEL_DTYPES else (False,):
+            for deterministic in backward_modes(backend) if dtype in KERNEL_DTYPES else (False,):
                 for shape in shapes:
                     marks = list(case.marks)
                     if is_interpreted(device, backend) and not shape.interpreted:
@@ -265,7 +261,7 @@ def test_opcheck(device, backend, n_markers, dtype):
     torch.library.opcheck(forward, (*(t.clone().requires_grad_() for t in (means, sigmas, amps)), 6, 9, False))
     _, index = forward(means, sigmas, amps, 6, 9, False)
     grad_image = random_like_image((3, 6, 9), device=device, seed=5).to(dtype)
-    for deterministic in modes(backend):
+    for deterministic in backward_modes(backend):
         torch.library.opcheck(backward, (grad_image, means, sigmas, amps, index, deterministic))
 
 
