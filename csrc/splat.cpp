@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <cstdio>
 #include <iterator>
 
 
@@ -19,6 +21,12 @@ PyObject* PyInit__C(void) {
 namespace splatkern {
 
 namespace text {
+std::string number(double value) {
+  char out[32];
+  std::snprintf(out, sizeof out, "%.17g", value);
+  return out;
+}
+
 std::string piece(c10::IntArrayRef sizes) {
   std::string out = "[";
   for (size_t k = 0; k < sizes.size(); ++k) out += (k ? ", " : "") + std::to_string(sizes[k]);
@@ -30,6 +38,16 @@ void raise_marker_flaws(int32_t flaws) {
   for (size_t bit = 0; bit < std::size(kFlawMessages); ++bit) {
     TORCH_CHECK_VALUE(!(flaws >> bit & 1), kFlawMessages[bit]);
   }
+}
+
+Composite parse_composite(c10::string_view composite, double temperature) {
+  int32_t mode = 0;
+  while (mode < int32_t(std::size(kCompositeNames)) && composite != kCompositeNames[mode]) ++mode;
+  TORCH_CHECK_VALUE(mode < int32_t(std::size(kCompositeNames)),
+                    message(kUnknownComposite, ", got '", std::string(composite), "'"));
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0,
+                    message(kBadTemperature, ", got ", text::number(temperature)));
+  return static_cast<Composite>(mode);
 }
 
 void raise_bad_index(bool found, int64_t n_markers) {
@@ -68,15 +86,20 @@ void check_forward_layout(const at::Tensor& means, const at::Tensor& sigmas, con
 }
 
 void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
-                           const at::Tensor& amps, const at::Tensor& index) {
+                           const at::Tensor& amps, const at::Tensor& index, Composite composite) {
   check_marker_layout(means, sigmas, amps);
   TORCH_CHECK_VALUE(grad_image.dim() == 3 && grad_image.size(0) == means.size(0),
                     message("splat_backward: grad_image must have shape [B, H, W], got ", grad_image.sizes()));
+  TORCH_CHECK_TYPE(grad_image.scalar_type() == means.scalar_type(),
+                   "splat_backward: grad_image must have the dtype of means");
+  if (composite != kMax) {  // no winner map
+    TORCH_CHECK_VALUE(grad_image.device() == means.device(), "splat_backward: all tensors must be on one device");
+    TORCH_CHECK_VALUE(grad_image.is_contiguous(), "splat_backward: the kernels take contiguous tensors");
+    return;
+  }
   TORCH_CHECK_VALUE(index.sizes() == grad_image.sizes(),
                     message("splat_backward: index must have the shape of grad_image ", grad_image.sizes(),
                             ", got ", index.sizes()));
-  TORCH_CHECK_TYPE(grad_image.scalar_type() == means.scalar_type(),
-                   "splat_backward: grad_image must have the dtype of means");
   TORCH_CHECK_TYPE(index.scalar_type() == at::kInt, "splat_backward: index must be int32");
   TORCH_CHECK_VALUE(grad_image.device() == means.device() && index.device() == means.device(),
                     "splat_backward: all tensors must be on one device");
@@ -85,15 +108,18 @@ void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means
 }
 
 TORCH_LIBRARY(splatkern, m) {
-  // Flattened batch: means [B, N, 2], sigmas/amps [B, N] -> image [B, H, W], index [B, H, W] int32.
+  // Flattened batch: means [B, N, 2], sigmas/amps [B, N] -> image [B, H, W], index [B, H, W] int32
+  // for composite "max"; the other modes have no winner and return an empty index [B, 0, 0].
   // `deterministic` asks the backward of GPU backends for a bit-reproducible reduction; the CPU
-  // kernel is always deterministic. It sits in the forward schema so autograd can pass it on.
+  // kernel is always deterministic. It sits in the forward schema so autograd can pass it on, as do
+  // `composite` and `temperature` (read by smoothmax only).
   // splat_backward trusts the markers' values (its forward checked them) but not index, which it
-  // gathers by: a value outside [0, N) raises.
-  m.def("splat_forward(Tensor means, Tensor sigmas, Tensor amps, int height, int width, bool deterministic) "
-        "-> (Tensor image, Tensor index)");
+  // gathers by for "max": a value outside [0, N) raises.
+  m.def("splat_forward(Tensor means, Tensor sigmas, Tensor amps, int height, int width, bool deterministic, "
+        "str composite=\"max\", float temperature=1.0) -> (Tensor image, Tensor index)");
   m.def("splat_backward(Tensor grad_image, Tensor means, Tensor sigmas, Tensor amps, Tensor index, "
-        "bool deterministic) -> (Tensor grad_means, Tensor grad_sigmas, Tensor grad_amps)");
+        "bool deterministic, str composite=\"max\", float temperature=1.0) "
+        "-> (Tensor grad_means, Tensor grad_sigmas, Tensor grad_amps)");
 }
 
 }  // namespace splatkern

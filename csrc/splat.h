@@ -23,12 +23,17 @@ inline std::string piece(int64_t v) { return std::to_string(v); }
 inline std::string piece(c10::ScalarType t) { return c10::toString(t); }
 inline std::string piece(const c10::Device& d) { return d.str(); }
 std::string piece(c10::IntArrayRef sizes);  // "[2, 3, 1]"
+std::string number(double value);           // as many digits as tell it apart
 }  // namespace text
 
 template <typename... Pieces>
 std::string message(const Pieces&... pieces) {
   return (std::string() + ... + text::piece(pieces));
 }
+
+// The mode the ops' `composite` argument names, or a ValueError naming the argument; also refuses a
+// temperature that is not a finite number > 0 (read by smoothmax only, checked for every mode).
+Composite parse_composite(c10::string_view composite, double temperature);
 
 // Raises the ValueError of the first flaw set in `flaws` (an OR of MarkerFlaw bits); 0 passes.
 void raise_marker_flaws(int32_t flaws);
@@ -40,11 +45,12 @@ void raise_marker_flaws(int32_t flaws);
 void check_forward_layout(const at::Tensor& means, const at::Tensor& sigmas, const at::Tensor& amps,
                           int64_t height, int64_t width);
 
-// The same for splat_backward, plus grad_image [B, H, W] of the inputs' dtype and index [B, H, W]
-// int32. The backward trusts the markers' values (its forward checked them); it checks that index
-// lies in [0, N) inside its kernel, since it gathers markers by it.
+// The same for splat_backward, plus grad_image [B, H, W] of the inputs' dtype and, for kMax, index
+// [B, H, W] int32 (the other modes ignore index). The backward trusts the markers' values (its
+// forward checked them); it checks that index lies in [0, N) inside its kernel, since it gathers
+// markers by it.
 void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
-                           const at::Tensor& amps, const at::Tensor& index);
+                           const at::Tensor& amps, const at::Tensor& index, Composite composite);
 
 // Raises the ValueError for a winner map that held a value outside [0, n_markers), when `found`.
 void raise_bad_index(bool found, int64_t n_markers);

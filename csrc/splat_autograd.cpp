@@ -20,7 +20,8 @@ const auto& forward_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("splatkern::splat_forward", "")
                              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&, int64_t, int64_t, bool)>();
+                                                                       const at::Tensor&, int64_t, int64_t, bool,
+                                                                       c10::string_view, double)>();
   return op;
 }
 
@@ -29,19 +30,23 @@ const auto& backward_op() {
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("splatkern::splat_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, const at::Tensor&, bool)>();
+                                                                 const at::Tensor&, const at::Tensor&, bool,
+                                                                 c10::string_view, double)>();
   return op;
 }
 
 class SplatRender : public torch::autograd::Function<SplatRender> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& means, const at::Tensor& sigmas,
-                               const at::Tensor& amps, int64_t height, int64_t width, bool deterministic) {
+                               const at::Tensor& amps, int64_t height, int64_t width, bool deterministic,
+                               c10::string_view composite, double temperature) {
     // Below the Autograd key, or this kernel would call itself.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [image, index] = forward_op().call(means, sigmas, amps, height, width, deterministic);
+    auto [image, index] = forward_op().call(means, sigmas, amps, height, width, deterministic, composite, temperature);
     ctx->save_for_backward({means, sigmas, amps, index});
     ctx->saved_data["deterministic"] = deterministic;
+    ctx->saved_data["composite"] = std::string(composite);
+    ctx->saved_data["temperature"] = temperature;
     ctx->mark_non_differentiable({index});
     // Otherwise autograd zero-fills a [B, H, W] int32 gradient for `index` on every backward.
     ctx->set_materialize_grads(false);
@@ -51,12 +56,13 @@ class SplatRender : public torch::autograd::Function<SplatRender> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const at::Tensor& grad_image = grad_outputs[0];
     if (!grad_image.defined()) {  // the image took no part in the loss
-      return {undefined(), undefined(), undefined(), undefined(), undefined(), undefined()};
+      return variable_list(8);
     }
     const variable_list saved = ctx->get_saved_variables();
     auto [grad_means, grad_sigmas, grad_amps] = backward_op().call(
-        grad_image.contiguous(), saved[0], saved[1], saved[2], saved[3], ctx->saved_data["deterministic"].toBool());
-    return {grad_means, grad_sigmas, grad_amps, undefined(), undefined(), undefined()};
+        grad_image.contiguous(), saved[0], saved[1], saved[2], saved[3], ctx->saved_data["deterministic"].toBool(),
+        ctx->saved_data["composite"].toStringRef(), ctx->saved_data["temperature"].toDouble());
+    return {grad_means, grad_sigmas, grad_amps, undefined(), undefined(), undefined(), undefined(), undefined()};
   }
 };
 
@@ -66,9 +72,10 @@ class SplatRenderBackward : public torch::autograd::Function<SplatRenderBackward
  public:
   static variable_list forward(AutogradContext*, const at::Tensor& grad_image, const at::Tensor& means,
                                const at::Tensor& sigmas, const at::Tensor& amps, const at::Tensor& index,
-                               bool deterministic) {
+                               bool deterministic, c10::string_view composite, double temperature) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [grad_means, grad_sigmas, grad_amps] = backward_op().call(grad_image, means, sigmas, amps, index, deterministic);
+    auto [grad_means, grad_sigmas, grad_amps] =
+        backward_op().call(grad_image, means, sigmas, amps, index, deterministic, composite, temperature);
     return {grad_means, grad_sigmas, grad_amps};
   }
 
@@ -80,16 +87,20 @@ class SplatRenderBackward : public torch::autograd::Function<SplatRenderBackward
 
 std::tuple<at::Tensor, at::Tensor> splat_forward_autograd(const at::Tensor& means, const at::Tensor& sigmas,
                                                           const at::Tensor& amps, int64_t height, int64_t width,
-                                                          bool deterministic) {
-  const variable_list outputs = SplatRender::apply(means, sigmas, amps, height, width, deterministic);
+                                                          bool deterministic, c10::string_view composite,
+                                                          double temperature) {
+  const variable_list outputs =
+      SplatRender::apply(means, sigmas, amps, height, width, deterministic, composite, temperature);
   return {outputs[0], outputs[1]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_autograd(const at::Tensor& grad_image,
                                                                        const at::Tensor& means, const at::Tensor& sigmas,
                                                                        const at::Tensor& amps, const at::Tensor& index,
-                                                                       bool deterministic) {
-  const variable_list grads = SplatRenderBackward::apply(grad_image, means, sigmas, amps, index, deterministic);
+                                                                       bool deterministic, c10::string_view composite,
+                                                                       double temperature) {
+  const variable_list grads =
+      SplatRenderBackward::apply(grad_image, means, sigmas, amps, index, deterministic, composite, temperature);
   return {grads[0], grads[1], grads[2]};
 }
 

@@ -52,8 +52,11 @@ auto launcher(cudaStream_t stream) {
 
 std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
                                                       const at::Tensor& amps, int64_t height, int64_t width,
-                                                      bool /*deterministic: the forward always is*/) {
+                                                      bool /*deterministic: the forward always is*/,
+                                                      c10::string_view composite_name, double temperature) {
+  const Composite composite = parse_composite(composite_name, temperature);
   check_forward_layout(means, sigmas, amps, height, width);
+  TORCH_CHECK_NOT_IMPLEMENTED(composite == kMax, "splat_render: the CUDA backend composites with 'max' only so far");
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   TORCH_CHECK_VALUE(n_markers <= std::numeric_limits<int32_t>::max() && height <= std::numeric_limits<int32_t>::max() &&
@@ -83,8 +86,11 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Tensor& grad_image,
                                                                    const at::Tensor& means,
                                                                    const at::Tensor& sigmas, const at::Tensor& amps,
-                                                                   const at::Tensor& index, bool deterministic) {
-  check_backward_layout(grad_image, means, sigmas, amps, index);
+                                                                   const at::Tensor& index, bool deterministic,
+                                                                   c10::string_view composite_name, double temperature) {
+  const Composite composite = parse_composite(composite_name, temperature);
+  check_backward_layout(grad_image, means, sigmas, amps, index, composite);
+  TORCH_CHECK_NOT_IMPLEMENTED(composite == kMax, "splat_render: the CUDA backend composites with 'max' only so far");
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2), pixels = height * width;

@@ -15,11 +15,23 @@ from collections.abc import Callable
 
 import torch
 
-from splatkern.facts import BAD_INDEX, FLAW_BIT, FLAW_MESSAGES
+import math
+
+from splatkern.facts import (
+    BAD_INDEX,
+    BAD_TEMPERATURE,
+    COMPOSITES,
+    FLAW_BIT,
+    FLAW_MESSAGES,
+    INDEX_NEEDS_MAX,
+    UNIT_AMP_COMPOSITES,
+    UNKNOWN_COMPOSITE,
+)
 
 __all__ = [
     "check_backward_layout",
     "check_canvas",
+    "check_composite",
     "check_markers",
     "check_values",
     "compute_dtype",
@@ -88,18 +100,36 @@ def check_canvas(height, width) -> None:
             _refuse(cond, ValueError, f"splat_render: {name} must be >= 1", lambda value=value: value)
 
 
-def check_backward_layout(grad_image, means, sigmas, amps, index) -> None:
-    """The backward's inputs: the forward's flat markers, grad_image ``[B, H, W]`` of their dtype and
-    the forward's int32 winner map ``index`` of grad_image's shape, all on one device."""
+def check_composite(composite, temperature, return_index: bool = False) -> None:
+    """composite: one of ``facts.COMPOSITES``; temperature: a finite number > 0; return_index only
+    with ``"max"``. Plain Python values, so these checks cost nothing under ``torch.compile``."""
+    if composite not in COMPOSITES:
+        raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{BAD_TEMPERATURE}, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{BAD_TEMPERATURE}, got {temperature!r}")
+    if return_index and composite != "max":
+        raise ValueError(f"{INDEX_NEEDS_MAX}, got composite={composite!r}")
+
+
+def check_backward_layout(grad_image, means, sigmas, amps, index, composite: str = "max") -> None:
+    """The backward's inputs: the forward's flat markers, grad_image ``[B, H, W]`` of their dtype and,
+    for ``"max"``, the forward's int32 winner map ``index`` of grad_image's shape, all on one device.
+    The other modes have no winner map and ignore ``index`` (the forward's empty one)."""
     check_markers(means, sigmas, amps, flat=True)
     if (cond := grad_image.dim() == 3 and grad_image.shape[0] == means.shape[0]) is not True:
         _refuse(cond, ValueError, "splat_backward: grad_image must have shape [B, H, W]",
                 lambda: f"{list(grad_image.shape)} for means {list(means.shape)}")
+    if grad_image.dtype != means.dtype:
+        raise TypeError(f"splat_backward: grad_image must have the dtype of means, got {grad_image.dtype}")
+    if composite != "max":
+        if grad_image.device != means.device:
+            raise ValueError(f"splat_backward: grad_image must be on the markers' device, got {grad_image.device}, {means.device}")
+        return
     if (cond := index.shape == grad_image.shape) is not True:
         _refuse(cond, ValueError, "splat_backward: index must have the shape of grad_image",
                 lambda: f"{list(index.shape)} for grad_image {list(grad_image.shape)}")
-    if grad_image.dtype != means.dtype:
-        raise TypeError(f"splat_backward: grad_image must have the dtype of means, got {grad_image.dtype}")
     if index.dtype != torch.int32:
         raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
     if not (grad_image.device == index.device == means.device):
@@ -116,7 +146,7 @@ def raise_marker_flaws(flaws: int) -> None:
             raise ValueError(message)
 
 
-def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor) -> None:
+def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, composite: str = "max") -> None:
     """The reference backend's value checks: torch reductions read back with one host sync."""
     found = {
         "means_nonfinite": ~torch.isfinite(means).all(),
@@ -124,6 +154,8 @@ def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor) 
         "sigmas_nonpositive": ~(sigmas > 0).all(),
         "amps_nonfinite": ~torch.isfinite(amps).all(),
     }
+    if composite in UNIT_AMP_COMPOSITES:  # NaN passes here: amps_nonfinite reports it first
+        found["amps_outside_unit"] = ((amps < 0) | (amps > 1)).any()
     flags = torch.stack(list(found.values())).tolist()
     raise_marker_flaws(sum(FLAW_BIT[name] for name, flag in zip(found, flags, strict=True) if flag))
 

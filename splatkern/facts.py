@@ -16,9 +16,21 @@ MARKER_FLAWS = (
     ("sigmas_nonfinite", "splat_render: sigmas must be finite (found NaN or inf)"),
     ("sigmas_nonpositive", "splat_render: sigmas must be > 0 (found a value <= 0)"),
     ("amps_nonfinite", "splat_render: amps must be finite (found NaN or inf)"),
+    # checked only where the composite needs it (UNIT_AMP_COMPOSITES)
+    ("amps_outside_unit", "splat_render: amps must lie in [0, 1] for composite 'softor' and 'over' (found a value outside)"),
 )
 FLAW_BIT = {name: 1 << bit for bit, (name, _) in enumerate(MARKER_FLAWS)}
 FLAW_MESSAGES = tuple(message for _, message in MARKER_FLAWS)
+
+# How primitives are composited per pixel (splatkern/reference.py's composite_reference states each
+# rule). The kernels take a mode as its index here.
+COMPOSITES = ("max", "softor", "over", "smoothmax")
+# The modes whose values are coverages: they need 0 <= amps <= 1.
+UNIT_AMP_COMPOSITES = ("softor", "over")
+# Errors about the op's non-tensor arguments; every language appends ", got <value>".
+UNKNOWN_COMPOSITE = "splat_render: composite must be one of " + ", ".join(f"'{name}'" for name in COMPOSITES)
+BAD_TEMPERATURE = "splat_render: temperature must be a finite number > 0"
+INDEX_NEEDS_MAX = "splat_render: return_index=True needs composite='max' (the other modes have no winner)"
 
 # The fused backends' backward has no derivative: differentiating it again raises NotImplementedError.
 NO_DOUBLE_BACKWARD = (
@@ -53,6 +65,7 @@ def c_header() -> str:
     flaw_bits = "\n".join(f"  {_camel(name)} = {bit}," for name, bit in FLAW_BIT.items())
     flaw_messages = "\n".join(f"    {_c_string(message)}," for message in FLAW_MESSAGES)
     before_count, after_count = BAD_INDEX.split("{n_markers}")
+    composites = "\n".join(f"  {_camel(name)} = {k}," for k, name in enumerate(COMPOSITES))
     # The kernels compute in float or double: each type takes its value, rounded from the double
     # here as Triton rounds it.
     *conditional, (_, last_value) = FLUSH_EXPONENT.items()
@@ -76,6 +89,16 @@ enum MarkerFlaw : int32_t {{
 inline constexpr const char* kFlawMessages[] = {{
 {flaw_messages}
 }};
+
+// The compositing modes, as the ops' `composite` argument names them in this order.
+enum Composite : int32_t {{
+{composites}
+}};
+inline constexpr const char* kCompositeNames[] = {{{", ".join(_c_string(name) for name in COMPOSITES)}}};
+// Whether composite k needs 0 <= amps <= 1 (flaw kAmpsOutsideUnit otherwise).
+inline constexpr bool kCompositeNeedsUnitAmps[] = {{{", ".join("true" if name in UNIT_AMP_COMPOSITES else "false" for name in COMPOSITES)}}};
+inline constexpr const char* kUnknownComposite = {_c_string(UNKNOWN_COMPOSITE)};
+inline constexpr const char* kBadTemperature = {_c_string(BAD_TEMPERATURE)};
 
 inline constexpr const char* kNoDoubleBackward = {_c_string(NO_DOUBLE_BACKWARD)};
 

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import torch
 
 from splatkern import _extension
-from splatkern.checks import check_backward_layout, check_canvas, check_markers, check_values, compute_dtype
+from splatkern.checks import (
+    check_backward_layout,
+    check_canvas,
+    check_composite,
+    check_markers,
+    check_values,
+    compute_dtype,
+)
 from splatkern.facts import NO_DOUBLE_BACKWARD
 from splatkern.reference import splat_render_reference
 
@@ -54,15 +61,17 @@ def _available_backends(device_type: str) -> tuple[str, ...]:
 # --- torch.library registrations: one forward/backward op pair per fused backend ------------------
 
 
-def _fake_forward(means, sigmas, amps, height, width, deterministic):
+def _fake_forward(means, sigmas, amps, height, width, deterministic, composite="max", temperature=1.0):
     check_markers(means, sigmas, amps, flat=True)
     check_canvas(height, width)
+    check_composite(composite, temperature)
     batch = means.shape[0]
-    return means.new_empty(batch, height, width), means.new_empty(batch, height, width, dtype=torch.int32)
+    index_shape = (batch, height, width) if composite == "max" else (batch, 0, 0)
+    return means.new_empty(batch, height, width), means.new_empty(index_shape, dtype=torch.int32)
 
 
-def _fake_backward(grad_image, means, sigmas, amps, index, deterministic):
-    check_backward_layout(grad_image, means, sigmas, amps, index)
+def _fake_backward(grad_image, means, sigmas, amps, index, deterministic, composite="max", temperature=1.0):
+    check_backward_layout(grad_image, means, sigmas, amps, index, composite)
     return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)
 
 
@@ -82,10 +91,10 @@ def _register_fakes(forward_op: str, backward_op: str) -> None:
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    means, sigmas, amps, _height, _width, deterministic = inputs
+    means, sigmas, amps, _height, _width, deterministic, composite, temperature = inputs
     _image, index = output
     ctx.save_for_backward(means, sigmas, amps, index)
-    ctx.deterministic = deterministic
+    ctx.deterministic, ctx.composite, ctx.temperature = deterministic, composite, temperature
     ctx.mark_non_differentiable(index)
     # Otherwise autograd zero-fills a [B, H, W] int32 gradient for `index` on every backward.
     ctx.set_materialize_grads(False)
@@ -93,10 +102,11 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _forward_gradients(ctx, grad_image, backward_op) -> tuple:
     if grad_image is None:  # grads are not materialised; the image took no part in the loss
-        return None, None, None, None, None, None
+        return (None,) * 8
     means, sigmas, amps, index = ctx.saved_tensors
-    grads = backward_op(grad_image.contiguous(), means, sigmas, amps, index, ctx.deterministic)
-    return (*grads, None, None, None)
+    grads = backward_op(grad_image.contiguous(), means, sigmas, amps, index, ctx.deterministic, ctx.composite,
+                        ctx.temperature)
+    return (*grads, None, None, None, None, None)
 
 
 def _no_double_backward(ctx, *grads):
@@ -107,20 +117,23 @@ if _extension.LOAD_ERROR is None:
     _register_fakes("splatkern::splat_forward", "splatkern::splat_backward")
 
 
-# The fused kernels as callables (means, sigmas, amps, height, width, deterministic) -> (image, index)
-# and (grad_image, means, sigmas, amps, index, deterministic) -> grads, without autograd.
+# The fused kernels as callables, without autograd, in the argument order of the C++ schema
+# (csrc/splat.cpp): (means, sigmas, amps, height, width, deterministic, composite, temperature) ->
+# (image, index) and (grad_image, means, sigmas, amps, index, deterministic, composite, temperature)
+# -> grads.
 
 
-def _triton_forward_kernels(means, sigmas, amps, height, width, deterministic):
+def _triton_forward_kernels(means, sigmas, amps, height, width, deterministic, composite, temperature):
     from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only when used
 
-    return triton_kernels.forward(means, sigmas, amps, height, width)
+    return triton_kernels.forward(means, sigmas, amps, height, width, composite=composite, temperature=temperature)
 
 
-def _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic):
+def _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic, composite, temperature):
     from splatkern import triton_kernels  # noqa: PLC0415
 
-    return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+    return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic, composite=composite,
+                                   temperature=temperature)
 
 
 @dataclass(frozen=True)
@@ -141,9 +154,16 @@ _CPP_KERNELS = _Kernels(lambda *args: torch.ops.splatkern.splat_forward(*args),
 
 @torch.library.custom_op("splatkern::splat_forward_triton", mutates_args=())
 def _triton_forward(
-    means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int, deterministic: bool
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    amps: torch.Tensor,
+    height: int,
+    width: int,
+    deterministic: bool,
+    composite: str = "max",
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton_forward_kernels(means, sigmas, amps, height, width, deterministic)
+    return _triton_forward_kernels(means, sigmas, amps, height, width, deterministic, composite, temperature)
 
 
 @torch.library.custom_op("splatkern::splat_backward_triton", mutates_args=())
@@ -154,8 +174,10 @@ def _triton_backward(
     amps: torch.Tensor,
     index: torch.Tensor,
     deterministic: bool,
+    composite: str = "max",
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic)
+    return _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic, composite, temperature)
 
 
 _register_fakes("splatkern::splat_forward_triton", "splatkern::splat_backward_triton")
@@ -174,8 +196,8 @@ class _FusedBackward(torch.autograd.Function):
     """A fused backward as an autograd node whose own backward refuses (setup_context form, for torch.func)."""
 
     @staticmethod
-    def forward(grad_image, means, sigmas, amps, index, deterministic, kernels):
-        return kernels.backward(grad_image, means, sigmas, amps, index, deterministic)
+    def forward(grad_image, means, sigmas, amps, index, deterministic, composite, temperature, kernels):
+        return kernels.backward(grad_image, means, sigmas, amps, index, deterministic, composite, temperature)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -195,9 +217,10 @@ def _fused_gradients(ctx, grad_image, _grad_index) -> tuple:
 
 class _FusedRender(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, sigmas, amps, height, width, deterministic, kernels):
-        output = kernels.forward(means, sigmas, amps, height, width, deterministic)
-        _setup_context(ctx, (means, sigmas, amps, height, width, deterministic), output)
+    def forward(ctx, means, sigmas, amps, height, width, deterministic, composite, temperature, kernels):
+        inputs = (means, sigmas, amps, height, width, deterministic, composite, temperature)
+        output = kernels.forward(*inputs)
+        _setup_context(ctx, inputs, output)
         ctx.kernels = kernels
         return output
 
@@ -206,8 +229,8 @@ class _FusedRender(torch.autograd.Function):
 
 class _FusedRenderForFunc(_FusedRender):
     @staticmethod
-    def forward(means, sigmas, amps, height, width, deterministic, kernels):
-        return kernels.forward(means, sigmas, amps, height, width, deterministic)
+    def forward(means, sigmas, amps, height, width, deterministic, composite, temperature, kernels):
+        return kernels.forward(means, sigmas, amps, height, width, deterministic, composite, temperature)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -217,7 +240,7 @@ class _FusedRenderForFunc(_FusedRender):
 
 def _fused_forward(backend: str) -> Callable:
     """How splat_render calls a fused backend's forward: (means, sigmas, amps, height, width,
-    deterministic) -> (image, index), differentiable. torch.compile sees the ops themselves."""
+    deterministic, composite, temperature) -> (image, index), differentiable. torch.compile sees the ops themselves."""
     if torch.compiler.is_compiling():
         return _triton_forward if backend == "triton" else torch.ops.splatkern.splat_forward
     if torch._C._are_functorch_transforms_active():
@@ -231,9 +254,10 @@ def _fused_forward(backend: str) -> Callable:
 # --- the public entry -----------------------------------------------------------------------------
 
 
-def _check_arguments(means, sigmas, amps, height, width, backend) -> None:
+def _check_arguments(means, sigmas, amps, height, width, composite, temperature, return_index, backend) -> None:
     check_markers(means, sigmas, amps)
     check_canvas(height, width)
+    check_composite(composite, temperature, return_index)
     if backend not in BACKENDS:
         raise ValueError(f"splat_render: unknown backend {backend!r}; choose one of {BACKENDS}")
 
@@ -260,11 +284,13 @@ def splat_render(
     *,
     height: int,
     width: int,
+    composite: str = "max",
+    temperature: float = 1.0,
     backend: str = "auto",
     return_index: bool = False,
     deterministic: bool | None = None,
 ):
-    """Draw Gaussian markers and composite them with a max: the contract is
+    """Draw Gaussian markers and composite them per pixel: the contract is
     :func:`splatkern.reference.splat_render_reference`'s docstring.
 
     Args:
@@ -272,9 +298,14 @@ def splat_render(
         sigmas: ``[..., N]`` standard deviations in pixels, ``> 0``.
         amps: ``[..., N]`` intensities; ``None`` means 1.
         height, width: the canvas size in pixels.
+        composite: how a pixel's marker values ``v_n`` combine: ``"max"`` (the default), ``"softor"``
+            (``1 - prod(1 - v)``), ``"over"`` (marker 0 in front) or ``"smoothmax"`` (softmax-weighted
+            mean). ``"softor"`` and ``"over"`` need ``0 <= amps <= 1``.
+        temperature: the softmax temperature of ``"smoothmax"``, a finite number ``> 0``.
         backend: ``"auto"`` (the fastest available for the device), ``"reference"``, ``"cpu"``,
             ``"cuda"`` or ``"triton"``; :func:`available_backends` lists what this install has.
-        return_index: also return the int32 winner map ``[..., H, W]`` (``-1`` where N = 0).
+        return_index: also return the int32 winner map ``[..., H, W]`` (``-1`` where N = 0);
+            ``"max"`` only.
         deterministic: bit-reproducible backward on GPU backends; ``None`` follows
             ``torch.are_deterministic_algorithms_enabled()``. The CPU kernel is always deterministic.
 
@@ -283,7 +314,8 @@ def splat_render(
     """
     if amps is None and isinstance(sigmas, torch.Tensor):
         amps = torch.ones_like(sigmas)
-    _check_arguments(means, sigmas, amps, height, width, backend)
+    _check_arguments(means, sigmas, amps, height, width, composite, temperature, return_index, backend)
+    temperature = float(temperature)
     chosen = _pick_backend(backend, means.device)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
@@ -301,13 +333,16 @@ def splat_render(
 
     if chosen == "reference":
         if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it
-            check_values(flat_means, flat_sigmas, flat_amps)
-        image, index = splat_render_reference(flat_means, flat_sigmas, flat_amps, height, width)
+            check_values(flat_means, flat_sigmas, flat_amps, composite)
+        image, index = splat_render_reference(flat_means, flat_sigmas, flat_amps, height, width, composite, temperature)
     else:
-        image, index = _fused_forward(chosen)(flat_means, flat_sigmas, flat_amps, height, width, deterministic)
+        image, index = _fused_forward(chosen)(flat_means, flat_sigmas, flat_amps, height, width, deterministic,
+                                              composite, temperature)
 
     if len(batch_shape) != 1:
-        image, index = image.reshape(*batch_shape, height, width), index.reshape(*batch_shape, height, width)
+        image = image.reshape(*batch_shape, height, width)
+        if return_index:
+            index = index.reshape(*batch_shape, height, width)
     if image.dtype != dtype:
         image = image.to(dtype)
     return (image, index) if return_index else image

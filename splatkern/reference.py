@@ -1,16 +1,16 @@
 """The contract of ``splat_render``, written once: its docstring and its plain-PyTorch oracle.
 
 Every backend (C++ CPU, CUDA, Triton) implements exactly ``splat_render_reference`` and is tested
-against it. ``composite_reference`` states the per-pixel compositing rules (max, and the soft modes
-that the fused backends do not implement yet). This module imports no kernel.
+against it. ``composite_reference`` states the per-pixel compositing rules that every op shares.
+This module imports no kernel.
 """
 
 from __future__ import annotations
 
 import torch
 
-# How an op's primitives are composited per pixel: composite_reference's docstring is the rule.
-COMPOSITES = ("max", "softor", "over", "smoothmax")
+from splatkern.facts import COMPOSITES, UNKNOWN_COMPOSITE
+
 
 
 def splat_render_reference(
@@ -19,42 +19,67 @@ def splat_render_reference(
     amps: torch.Tensor,
     height: int,
     width: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Draw isotropic Gaussian markers and composite them with a max over markers.
+    composite: str = "max",
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Draw isotropic Gaussian markers and composite them per pixel.
 
     Contract (shared by every backend of ``splatkern.splat_render``):
 
     * ``means``  ``[..., N, 2]`` — marker centres ``(x, y)`` in **pixel units**. The pixel in
       row ``i``, column ``j`` has its centre at ``x = j, y = i``. Markers may lie outside the image.
     * ``sigmas`` ``[..., N]`` — standard deviation in pixels, every value ``> 0``.
-    * ``amps``   ``[..., N]`` — intensity (``splat_render`` defaults it to 1).
+    * ``amps``   ``[..., N]`` — intensity (``splat_render`` defaults it to 1); in ``[0, 1]`` for the
+      ``"softor"`` and ``"over"`` composites.
     * Leading dims ``...`` are any batch shape (possibly none) and must be equal for all three.
 
-    For every pixel ``(i, j)``::
+    Each marker's value at pixel ``(i, j)`` is::
 
-        image[..., i, j] = max_n  amps[..., n] * exp(-((j - mx_n)^2 + (i - my_n)^2) / (2 sigmas[..., n]^2))
-        index[..., i, j] = the n attaining that max; ties go to the lowest n (torch.argmax's rule)
+        v_n = amps[..., n] * exp(-((j - mx_n)^2 + (i - my_n)^2) / (2 sigmas[..., n]^2))
 
-    * ``N = 0`` gives an all-zero image and an index of ``-1`` everywhere.
-    * Gradients of ``image`` flow only to the winning marker of each pixel (``means``, ``sigmas``
-      and ``amps`` of ``index[..., i, j]``), as autograd of ``torch.max`` does here. The fused
-      backends give these first derivatives only: differentiating their gradient again
-      (``create_graph=True``) raises ``NotImplementedError``; this reference differentiates twice.
-    * Returns ``(image [..., H, W] in the input dtype, index [..., H, W] int32)``.
+    and ``composite`` says how the ``N`` values of a pixel make its image value
+    (:func:`composite_reference` states each rule):
+
+    * ``"max"`` (the default): ``image = max_n v_n``, and ``index[..., i, j]`` is the ``n`` attaining
+      it; ties go to the lowest ``n`` (torch.argmax's rule).
+    * ``"softor"``: ``image = 1 - prod_n (1 - v_n)``.
+    * ``"over"``: ``image = sum_n v_n prod_{m<n} (1 - v_m)``, marker 0 in front.
+    * ``"smoothmax"``: ``image = sum_n w_n v_n``, ``w = softmax_n(v_n / temperature)`` over all ``N``
+      markers, those whose value at the pixel is 0 included. ``temperature`` (a finite number
+      ``> 0``) is read by this mode only.
+
+    * ``N = 0`` gives an all-zero image in every mode, and an index of ``-1`` everywhere.
+    * Gradients: with ``"max"`` the image's gradient flows only to each pixel's winning marker
+      (``means``, ``sigmas`` and ``amps`` of ``index[..., i, j]``), as autograd of ``torch.max`` does
+      here. The other modes give gradient to every marker with ``v_n > 0`` at a pixel: the exact
+      first derivatives of their formulas, finite everywhere in the domain (``v_n = 1`` included;
+      smoothmax at temperatures down to 1e-3). The fused backends give first derivatives only:
+      differentiating their gradient again (``create_graph=True``) raises ``NotImplementedError``;
+      this reference differentiates twice.
+    * Returns ``(image [..., H, W] in the input dtype, index)``: ``index`` is the int32 winner map
+      ``[..., H, W]`` for ``"max"`` and ``None`` for the other modes, which have no winner.
 
     Fused kernels use the separability ``exp(-(dx^2 + dy^2)/2s^2) = exp(-dx^2/2s^2) * exp(-dy^2/2s^2)``
     and so round about one ulp differently; their winner may differ from this oracle only where
     the two best values are within rounding of each other (a near-tie). Exact ties stay exact.
+    They flush a per-axis factor to 0 where its exponent ``d^2 / (2 s^2)`` exceeds
+    ``-0.5 * log(smallest normal)`` of the dtype (``splatkern/facts.py``), far below any value
+    that changes a result at the dtype's precision.
 
     This is the naive form the 2019 article's TensorFlow code used: it materialises
     ``[..., N, H, W]`` and reduces it, which is what makes it obviously correct and slow.
     """
+    if composite not in COMPOSITES:
+        raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
     if means.shape[-2] == 0:
         batch_shape = means.shape[:-2]
         image = means.new_zeros(*batch_shape, height, width)
         index = torch.full((*batch_shape, height, width), -1, dtype=torch.int32, device=means.device)
-        return image, index
-    image, index = marker_values(means, sigmas, amps, height, width).max(dim=-3)
+        return image, (index if composite == "max" else None)
+    values = marker_values(means, sigmas, amps, height, width)
+    if composite != "max":
+        return composite_reference(values, composite, temperature), None
+    image, index = values.max(dim=-3)
     return image, index.to(torch.int32)
 
 
@@ -88,7 +113,7 @@ def composite_reference(values: torch.Tensor, composite: str = "max", temperatur
     and ``torch.softmax`` subtracts its running max, so ``v = 1`` and small temperatures stay finite.
     """
     if composite not in COMPOSITES:
-        raise ValueError(f"composite_reference: composite must be one of {COMPOSITES}, got {composite!r}")
+        raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
     if values.shape[-3] == 0:
         return values.new_zeros(*values.shape[:-3], *values.shape[-2:])
     if composite == "max":

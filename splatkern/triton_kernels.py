@@ -67,7 +67,14 @@ import torch
 import triton
 import triton.language as tl
 
-from splatkern.checks import check_backward_layout, check_canvas, check_markers, raise_bad_index, raise_marker_flaws
+from splatkern.checks import (
+    check_backward_layout,
+    check_canvas,
+    check_composite,
+    check_markers,
+    raise_bad_index,
+    raise_marker_flaws,
+)
 from splatkern.facts import FLAW_BIT, FLUSH_EXPONENT
 
 # Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
@@ -394,13 +401,24 @@ def _check_pixel_count(height: int, width: int) -> None:
 
 
 def forward(
-    means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int, config: dict | None = None
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    amps: torch.Tensor,
+    height: int,
+    width: int,
+    config: dict | None = None,
+    *,
+    composite: str = "max",
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...];
     ValueError if a marker's values are not finite or a sigma is <= 0. `config`: block sizes other
     than ``_forward_config``'s (bench/triton_sweep.py times them)."""
     check_markers(means, sigmas, amps, flat=True)
     check_canvas(height, width)
+    check_composite(composite, temperature)
+    if composite != "max":
+        raise NotImplementedError("splat_render: the Triton backend composites with 'max' only so far")
     _check_pixel_count(height, width)
     batch, n_markers = sigmas.shape
     if n_markers == 0:
@@ -438,10 +456,16 @@ def backward(
     index: torch.Tensor,
     deterministic: bool,
     config: dict | None = None,
+    *,
+    composite: str = "max",
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the image w.r.t. means, sigmas and amps, each pixel's going to its winner.
     `config`: block sizes other than ``_backward_config``'s (bench/triton_sweep.py times them)."""
-    check_backward_layout(grad_image, means, sigmas, amps, index)
+    check_composite(composite, temperature)
+    check_backward_layout(grad_image, means, sigmas, amps, index, composite)
+    if composite != "max":
+        raise NotImplementedError("splat_render: the Triton backend composites with 'max' only so far")
     height, width = grad_image.shape[1:]
     _check_pixel_count(height, width)
     batch, n_markers = sigmas.shape

@@ -68,8 +68,12 @@ def test_auto_picks_the_cpu_kernel_for_cpu_tensors():
     assert splatkern.available_backends("cpu")[0] == "cpu"
 
 
+DETERMINISTIC_ARG = 5
+
+
 class _SplatkernFlags(TorchDispatchMode):
-    """Appends to `flags` the last argument (deterministic) of every splatkern op dispatched below autograd."""
+    """Appends to `flags` the argument `deterministic` (the sixth, in both ops' schemas) of every splatkern op
+    dispatched below autograd."""
 
     def __init__(self, flags: list):
         super().__init__()
@@ -77,7 +81,7 @@ class _SplatkernFlags(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "splatkern":
-            self.flags.append(args[-1])
+            self.flags.append(args[DETERMINISTIC_ARG])
         return func(*args, **(kwargs or {}))
 
 
@@ -91,7 +95,8 @@ def test_deterministic_none_follows_torchs_flag(backend, monkeypatch):
         from splatkern import triton_kernels  # noqa: PLC0415 - imports triton
 
         backward = triton_kernels.backward
-        monkeypatch.setattr(triton_kernels, "backward", lambda *args: flags.append(args[-1]) or backward(*args))
+        monkeypatch.setattr(triton_kernels, "backward",
+                            lambda *args, **kwargs: flags.append(args[DETERMINISTIC_ARG]) or backward(*args, **kwargs))
         watching, kernel_calls = contextlib.nullcontext(), 1
     else:
         watching, kernel_calls = _SplatkernFlags(flags), 2

@@ -66,15 +66,26 @@ def raised(error, call) -> str:
 def test_cpp_value_check_errors_are_the_facts(flaw):
     require("cpu", "cpu")
     means, sigmas, amps = make_markers((2,), 3, 4, 5)
-    tensor, value = {
-        "means_nonfinite": (means, math.nan),
-        "sigmas_nonfinite": (sigmas, math.inf),
-        "sigmas_nonpositive": (sigmas, 0.0),
-        "amps_nonfinite": (amps, -math.inf),
+    tensor, value, composite = {
+        "means_nonfinite": (means, math.nan, "max"),
+        "sigmas_nonfinite": (sigmas, math.inf, "max"),
+        "sigmas_nonpositive": (sigmas, 0.0, "max"),
+        "amps_nonfinite": (amps, -math.inf, "max"),
+        "amps_outside_unit": (amps, 1.5, "softor"),
     }[flaw]
     tensor[1, 2] = value
-    message = raised(ValueError, lambda: torch.ops.splatkern.splat_forward(means, sigmas, amps, 4, 5, False))
+    message = raised(ValueError, lambda: torch.ops.splatkern.splat_forward(means, sigmas, amps, 4, 5, False, composite))
     assert message == facts.FLAW_MESSAGES[list(facts.FLAW_BIT).index(flaw)]
+
+
+def test_cpp_argument_errors_are_the_facts():
+    require("cpu", "cpu")
+    means, sigmas, amps = make_markers((2,), 3, 4, 5)
+    message = raised(ValueError, lambda: torch.ops.splatkern.splat_forward(means, sigmas, amps, 4, 5, False, "sum"))
+    assert message == f"{facts.UNKNOWN_COMPOSITE}, got 'sum'"
+    message = raised(ValueError, lambda: torch.ops.splatkern.splat_forward(means, sigmas, amps, 4, 5, False,
+                                                                          "smoothmax", -0.5))
+    assert message == f"{facts.BAD_TEMPERATURE}, got -0.5"
 
 
 def test_cpp_bad_index_error_is_the_fact():
