@@ -101,8 +101,10 @@ def make_inputs(point: Point, device: torch.device, seed: int = 0):
     return means.to(device), sigmas.to(device), amps.to(device)
 
 
-def make_case(implementation: str, mode: str, point: Point, device: torch.device) -> Callable[[], object]:
-    """A callable running `implementation` once at `point` in `mode`, on inputs made once here.
+def make_case(implementation: str, mode: str, point: Point, device: torch.device, composite: str = "max",
+              temperature: float = 1.0) -> Callable[[], object]:
+    """A callable running `implementation` once at `point` in `mode`, compositing by `composite`, on
+    inputs made once here.
 
     Forward runs on inputs that need no gradient (no autograd graph is recorded); forward+backward
     clears the inputs' gradients, renders and back-propagates a fixed random upstream gradient.
@@ -112,7 +114,8 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     if implementation.endswith(GRAPHED):
-        return captured_in_cuda_graph(make_case(implementation.removesuffix(GRAPHED), mode, point, device))
+        return captured_in_cuda_graph(make_case(implementation.removesuffix(GRAPHED), mode, point, device, composite,
+                                                temperature))
     deterministic = implementation.endswith(DETERMINISTIC)
     implementation = implementation.removesuffix(DETERMINISTIC)
     means, sigmas, amps = make_inputs(point, device)
@@ -121,12 +124,12 @@ def make_case(implementation: str, mode: str, point: Point, device: torch.device
         compiled = torch.compile(splat_render_reference, dynamic=False)
 
         def render(m, s, a):
-            return compiled(m, s, a, height, width)[0]
+            return compiled(m, s, a, height, width, composite, temperature)[0]
     else:
 
         def render(m, s, a):
             return splatkern.splat_render(m, s, a, height=height, width=width, backend=implementation,
-                                          deterministic=deterministic)
+                                          deterministic=deterministic, composite=composite, temperature=temperature)
 
     if mode == "forward":
         return lambda: render(means, sigmas, amps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.cases import Point
+from splatkern.facts import COMPOSITES
 
 SWEEP_TAGS = ("batch", "markers", "resolution")
 # The sizes the performance summary reports: two on CPU, two on GPU.
@@ -27,6 +28,7 @@ class Preset:
     training_steps: int  # timed training steps per (backend, batch size); 0: no training section
     training_batches: tuple[int, ...] = (16, 256)
     devices: tuple[str, ...] = ("cpu", "cuda")
+    composites: tuple[str, ...] = ("max",)  # each size is measured in each of these modes
 
 
 def sweep(base: Point, batch=(), markers=(), resolution=(), tag_base: tuple[str, ...] = ()) -> dict:
@@ -75,6 +77,12 @@ PRESETS = {
         merge(sweep(Point(64, 64, 64, 64), batch=(1, 64, 1024), markers=(10, 25, 64, 256),
                     resolution=(28, 64, 128, 256)), tagged(HEADLINE, "key")),
         min_sample_s=0.05, samples=15, max_case_s=30.0, training_steps=50,
+    ),
+    "composites": Preset(
+        "every composite mode (max, softor, over, smoothmax at temperature 1) at the CPU headline size "
+        "B=256, N=64, 28x28 and at B=16, N=256, 128x128",
+        tagged((HEADLINE[0], Point(16, 256, 128, 128)), "key"),
+        min_sample_s=0.05, samples=9, max_case_s=20.0, training_steps=0, composites=COMPOSITES,
     ),
     "training": Preset(
         "the training-throughput section alone (as in full): no kernel sizes",

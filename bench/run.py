@@ -87,8 +87,8 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure(implementation: str, mode: str, point: Point, device: torch.device, preset) -> dict:
-    fn = make_case(implementation, mode, point, device)
+def measure(implementation: str, mode: str, point: Point, device: torch.device, preset, composite: str) -> dict:
+    fn = make_case(implementation, mode, point, device, composite)
     fn()  # compiles (torch.compile) and touches code pages once, outside both measurements
     peak = peak_memory_bytes(fn, device)
     timing = time_calls(fn, device, min_sample_s=preset.min_sample_s, samples=preset.samples,
@@ -98,12 +98,15 @@ def measure(implementation: str, mode: str, point: Point, device: torch.device, 
             "peak_bytes": peak}
 
 
-def add_ratios(rows: dict[str, dict], limit: dict) -> None:
-    """Speed-ups and memory against the baselines measured in this run, and the fraction of the limit."""
+def add_ratios(rows: dict[str, dict], limit: dict, max_rows: dict[str, dict]) -> None:
+    """Speed-ups and memory against the baselines measured in this run, time against the same
+    implementation's with composite "max" (`max_rows`), and the fraction of the limit."""
     reference = rows.get("reference", {})
-    for row in rows.values():
+    for implementation, row in rows.items():
         if not row.get("median_s"):
             continue
+        max_time = max_rows.get(implementation, {}).get("median_s")
+        row["time_vs_max"] = row["median_s"] / max_time if max_time else None
         for field, baseline in BASELINES.items():
             base = rows.get(baseline, {}).get("median_s")
             row[field] = base / row["median_s"] if base else None
@@ -113,6 +116,9 @@ def add_ratios(rows: dict[str, dict], limit: dict) -> None:
 
 
 def set_limit_fraction(row: dict, limit: dict) -> None:
+    if row.get("composite", "max") != "max":  # the limit is that of max's multiply-compare-select loop
+        row["limit_s"] = row["limit_fraction"] = row["limit_fraction_best"] = None
+        return
     row["limit_s"] = limit_seconds(limit, row["batch"], row["markers"], row["height"] * row["width"], row["mode"])
     row["limit_fraction"] = row["limit_s"] / row["median_s"] if row["limit_s"] else None
     row["limit_fraction_best"] = row["limit_s"] / row["best_s"] if row["limit_s"] else None
@@ -128,6 +134,8 @@ def describe(row: dict) -> str:
     for field, short in (("speedup_vs_reference", "ref"), ("speedup_vs_compiled", "compile")):
         if row.get(field):
             text += f", {row[field]:7.1f}x {short}"
+    if row.get("composite", "max") != "max" and row.get("time_vs_max"):
+        text += f", {row['time_vs_max']:.2f}x max's time"
     if row.get("limit_fraction"):
         text += f", {row['limit_fraction']:.1%} of limit (best sample {row['limit_fraction_best']:.1%})"
     return text
@@ -202,30 +210,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure_point(point: Point, tags: tuple[str, ...], names: list[str], device: torch.device, preset,
                   limit: dict) -> tuple[list[dict], int]:
-    """Every implementation in both modes at `point`, with ratios; and how many cases failed."""
-    torch._dynamo.reset()  # compile each size once, statically; no recompile limit across sizes
+    """Every implementation in both modes and each of the preset's composites at `point`, with ratios;
+    and how many cases failed."""
     too_big = reference_fits(point, device)
     cases, errors = [], 0
-    for mode in MODES:
-        rows = {}
-        for implementation in filter(lambda name: mode in modes_of(name), names):
-            row = {"batch": point.batch, "markers": point.markers, "height": point.height, "width": point.width,
-                   "pairs": point.pairs, "sweeps": list(tags), "mode": mode, "implementation": implementation}
-            if too_big and implementation in ("reference", COMPILED):
-                row["skipped"] = too_big
-            else:
-                try:
-                    row.update(measure(implementation, mode, point, device, preset))
-                except Exception as error:  # one failing case must not lose the rest of a GPU run
-                    traceback.print_exc()
-                    errors += 1
-                    row["skipped"] = f"error: {first_line(error)}"
-                release_memory(device)
-            rows[implementation] = row
-        add_ratios(rows, limit)
-        for implementation, row in rows.items():
-            print(f"{point.label():>24} {mode:>16} {implementation:>18}: {describe(row)}", flush=True)
-        cases.extend(rows.values())
+    for composite in preset.composites:
+        torch._dynamo.reset()  # compile each size once, statically; no recompile limit across sizes
+        for mode in MODES:
+            rows = {}
+            for implementation in filter(lambda name: mode in modes_of(name), names):
+                row = {"batch": point.batch, "markers": point.markers, "height": point.height, "width": point.width,
+                       "pairs": point.pairs, "sweeps": list(tags), "mode": mode, "composite": composite,
+                       "implementation": implementation}
+                if too_big and implementation in ("reference", COMPILED):
+                    row["skipped"] = too_big
+                else:
+                    try:
+                        row.update(measure(implementation, mode, point, device, preset, composite))
+                    except Exception as error:  # one failing case must not lose the rest of a GPU run
+                        traceback.print_exc()
+                        errors += 1
+                        row["skipped"] = f"error: {first_line(error)}"
+                    release_memory(device)
+                rows[implementation] = row
+            max_rows = {row["implementation"]: row for row in cases if row["mode"] == mode and row["composite"] == "max"}
+            add_ratios(rows, limit, max_rows)
+            for implementation, row in rows.items():
+                print(f"{point.label():>24} {mode:>16} {composite:>9} {implementation:>18}: {describe(row)}", flush=True)
+            cases.extend(rows.values())
     return cases, errors
 
 

@@ -1,6 +1,6 @@
 """Time the Triton kernels' block sizes on a GPU, to choose the table in splatkern/triton_kernels.py.
 
-    python bench/triton_sweep.py [--out DIR] [--budget-s SECONDS]
+    python bench/triton_sweep.py [--out DIR] [--budget-s SECONDS] [--composite MODE [--temperature T]]
     python bench/triton_sweep.py --report DIR    # (no GPU) DIR/triton_sweep.md from DIR/triton_sweep.json
 
 For each size below, every candidate forward block and every candidate backward block runs the
@@ -9,8 +9,11 @@ CUDA graph, so the time is the kernels' alone (no per-call host work, no value-c
 harness of bench/run.py: median per call over samples). Each candidate's output is compared with
 the table's own (the one the tests check against the reference): the forward's image and winner map
 must be identical, the backward's gradients equal within float32 summation-order rounding.
+``--composite softor|over|smoothmax`` sweeps that mode's soft kernels instead (the default, max, the
+kernels above): both take the forward's 4-D tiles, so the forward's candidates serve both.
 
-Writes triton_sweep.json and triton_sweep.md to DIR (default bench/results/<device>/triton_sweep/)
+Writes triton_sweep.json and triton_sweep.md to DIR (default bench/results/<device>/triton_sweep/, or
+triton_sweep_<mode>/ for a soft mode)
 after every size, so a run cut short keeps what it measured. bench/gpu_check.sh brings back only the
 JSON (the device tool returns at most 8 files); ``--report`` renders the Markdown from it.
 """
@@ -69,42 +72,50 @@ def _time(call, device) -> dict:
     return dict(median_s=timing.median_s, best_s=timing.best_s, iqr_s=timing.iqr_s)
 
 
-def sweep_point(point: Point, device: torch.device) -> dict:
+def sweep_point(point: Point, device: torch.device, composite: str = "max", temperature: float = 1.0) -> dict:
+    """`composite` other than "max": the soft kernels, whose backward takes the forward's tiles."""
     from splatkern import triton_kernels  # noqa: PLC0415
 
-    means, sigmas, amps = make_inputs(point, device)
+    mode = dict(composite=composite, temperature=temperature)
+    means, sigmas, amps = make_inputs(point, device)  # amps in [0.5, 1]: every mode takes them
     height, width = point.height, point.width
     upstream = torch.randn(point.batch, height, width, generator=torch.Generator().manual_seed(1)).to(device)
-    image, index = triton_kernels.forward(means, sigmas, amps, height, width)
-    grads = triton_kernels.backward(upstream, means, sigmas, amps, index, False)
+    image, index = triton_kernels.forward(means, sigmas, amps, height, width, **mode)
+    grads = triton_kernels.backward(upstream, means, sigmas, amps, index, False, **mode)
     rows = []
     for config in forward_configs():
         row = dict(kernel="forward", config=config)
         try:
-            got_image, got_index = triton_kernels.forward(means, sigmas, amps, height, width, config)
+            got_image, got_index = triton_kernels.forward(means, sigmas, amps, height, width, config, **mode)
             row["image_equal"] = bool(torch.equal(got_image, image))
-            row["index_mismatches"] = int((got_index != index).sum())
-            row.update(_time(lambda c=config: triton_kernels.forward(means, sigmas, amps, height, width, c), device))
+            if composite == "max":
+                row["index_mismatches"] = int((got_index != index).sum())
+            row.update(_time(lambda c=config: triton_kernels.forward(means, sigmas, amps, height, width, c, **mode),
+                             device))
         except Exception as error:  # noqa: BLE001 - a config that does not build is a result too
             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
         rows.append(row)
-    for config in backward_configs():
+    for config in backward_configs() if composite == "max" else forward_configs():
         row = dict(kernel="backward", config=config)
         try:
-            got = triton_kernels.backward(upstream, means, sigmas, amps, index, False, config)
+            got = triton_kernels.backward(upstream, means, sigmas, amps, index, False, config, **mode)
             row["grads_max_rel_diff"] = max(
                 float((g - want).abs().max() / want.abs().max().clamp_min(1e-30)) for g, want in zip(got, grads)
             )
             row.update(_time(
-                lambda c=config: triton_kernels.backward(upstream, means, sigmas, amps, index, False, c), device
+                lambda c=config: triton_kernels.backward(upstream, means, sigmas, amps, index, False, c, **mode), device
             ))  # fmt: skip
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
         rows.append(row)
-    table = dict(forward=triton_kernels._forward_config(height, width, means.dtype),
-                 backward=triton_kernels._backward_config(height, width))
+    if composite == "max":
+        table = dict(forward=triton_kernels._forward_config(height, width, means.dtype),
+                     backward=triton_kernels._backward_config(height, width))
+    else:
+        table = dict(forward=triton_kernels._soft_forward_config(height, width, means.dtype, composite),
+                     backward=triton_kernels._soft_backward_config(height, width, means.dtype, composite))
     return dict(point=point.label(), batch=point.batch, markers=point.markers, height=height, width=width,
-                table=table, rows=rows)
+                table=table, rows=rows, **({} if composite == "max" else mode))
 
 
 def markdown(results: dict) -> str:
@@ -113,7 +124,9 @@ def markdown(results: dict) -> str:
              "Times: CUDA-graph replays of one launcher call, median per call. "
              "`python bench/triton_sweep.py`; bench/triton_sweep.py says what is compared.", ""]
     for point in results["points"]:
-        lines += [f"## {point['point']}", "", f"Table's choice: forward {_label(point['table']['forward'])}; "
+        mode = f" — composite {point['composite']}" if "composite" in point else ""
+        mode += f", temperature {point['temperature']}" if point.get("composite") == "smoothmax" else ""
+        lines += [f"## {point['point']}{mode}", "", f"Table's choice: forward {_label(point['table']['forward'])}; "
                   f"backward {_label(point['table']['backward'])}.", ""]
         for kernel in ("forward", "backward"):
             rows = [r for r in point["rows"] if r["kernel"] == kernel]
@@ -123,7 +136,8 @@ def markdown(results: dict) -> str:
                 if "error" in r:
                     lines.append(f"| {_label(r['config'])} | — | — | {r['error'][:80]} |")
                     continue
-                check = (f"image equal: {r['image_equal']}, index mismatches: {r['index_mismatches']}"
+                check = (f"image equal: {r['image_equal']}" + (f", index mismatches: {r['index_mismatches']}"
+                                                                if "index_mismatches" in r else "")
                          if kernel == "forward" else f"max rel. diff {r['grads_max_rel_diff']:.1e}")
                 lines.append(f"| {_label(r['config'])} | {r['median_s'] * 1e6:.1f} | {r['best_s'] * 1e6:.1f} | {check} |")
             lines.append("")
@@ -135,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop starting new sizes after this long")
     parser.add_argument("--report", type=Path, metavar="DIR", help="only write DIR/triton_sweep.md from its JSON")
+    parser.add_argument("--composite", default="max", choices=["max", "softor", "over", "smoothmax"],
+                        help="the mode whose kernels to sweep (default: max)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="smoothmax's temperature")
     args = parser.parse_args(argv)
     if args.report:
         results = json.loads((args.report / "triton_sweep.json").read_text())
@@ -149,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
-    out = args.out or REPO / "bench" / "results" / results_folder_name(name) / "triton_sweep"
+    folder = "triton_sweep" if args.composite == "max" else f"triton_sweep_{args.composite}"
+    out = args.out or REPO / "bench" / "results" / results_folder_name(name) / folder
     out.mkdir(parents=True, exist_ok=True)
     head, dirty = git_commit()
     commit = f"{head or 'unknown'}{' (uncommitted changes)' if dirty else ''}"
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if time.perf_counter() - start > args.budget_s:
             print(f"budget spent: {point.label()} and later sizes skipped", flush=True)
             break
-        results["points"].append(sweep_point(point, device))
+        results["points"].append(sweep_point(point, device, args.composite, args.temperature))
         torch.cuda.empty_cache()
         (out / "triton_sweep.json").write_text(json.dumps(results, indent=1))
         (out / "triton_sweep.md").write_text(markdown(results))

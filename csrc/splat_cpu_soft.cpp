@@ -28,9 +28,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace splatkern {
@@ -49,10 +54,27 @@ struct Support {
   int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;
 };
 
+// SPLATKERN_CPU_SUPPORTS=0 visits every marker on every pixel of a tile instead: the same results
+// (up to the order of additions in smoothmax's sums), for measuring what the skipping saves.
+bool skip_outside_supports() {
+  static const bool skip = [] {
+    const char* asked = std::getenv("SPLATKERN_CPU_SUPPORTS");
+    if (asked == nullptr || *asked == '\0') return true;
+    const std::string value(asked);
+    TORCH_CHECK_VALUE(value == "0" || value == "1", message("SPLATKERN_CPU_SUPPORTS must be 0 or 1, got '", value, "'"));
+    return value == "1";
+  }();
+  return skip;
+}
+
 template <typename scalar_t>
 void find_supports(const FactorTables<scalar_t>& tables, int64_t n_markers, int64_t width, int64_t rows,
                    std::vector<Support>& supports) {
   constexpr int64_t lanes = kLanes<scalar_t>;
+  if (!skip_outside_supports()) {
+    supports.assign(n_markers, Support{0, rows, 0, tables.col_stride});
+    return;
+  }
   supports.assign(n_markers, Support{});
   for (int64_t n = 0; n < n_markers; ++n) {
     const scalar_t* cols = tables.cols.data() + n * tables.col_stride;
@@ -92,87 +114,130 @@ struct SoftTile {
   const scalar_t* amps;  // scales the bare factor tables of the backward; nullptr: the tables hold v
 };
 
-// Calls chunk(n, v, p) for every marker n and whole vector of pixels of its support, where v[lane]
-// is the marker's value at the vector's pixels and p their offset in the state tables.
-template <typename scalar_t, typename Chunk>
+// The soft kernels' loops are written on GCC's portable vector types as wide as the ISA's registers
+// (kBytes; GCC's vectoriser gives up on the backward's pixel loop). Supports and state tables come
+// in whole widest vectors, which kParts such vectors make up. Every lane does the same operations
+// in the same order whatever kBytes is, and each widest-vector lane keeps its own running sums, so
+// every ISA gives the same bits.
+template <typename scalar_t, int64_t kBytes>
+struct Vec {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  typedef scalar_t V __attribute__((vector_size(kBytes)));
+  typedef bits_t Mask __attribute__((vector_size(kBytes)));  // what a comparison gives: all ones or 0
+  static constexpr int64_t kCount = kBytes / static_cast<int64_t>(sizeof(scalar_t));
+  static constexpr int64_t kParts = kWidestVectorBytes / kBytes;
+
+  static inline __attribute__((always_inline)) V load(const scalar_t* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static inline __attribute__((always_inline)) void store(scalar_t* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static inline __attribute__((always_inline)) V splat(scalar_t x) { return V{} + x; }
+  static inline __attribute__((always_inline)) V iota() {
+    V v;
+    for (int64_t k = 0; k < kCount; ++k) v[k] = scalar_t(k);
+    return v;
+  }
+  // `value` where `keep`, else +0 (a bit mask: exact for any value, inf and NaN included)
+  static inline __attribute__((always_inline)) V keep_or_zero(Mask keep, V value) { return (V)((Mask)value & keep); }
+
+  // scale * exp(-x), flushed to 0 unless 0 <= x <= the flush exponent, as the axis factors are.
+  // float: scaled_exp_neg's polynomial, operation for operation; double: std::exp, lane by lane.
+  static inline __attribute__((always_inline)) V flushed_exp_neg(V x, V scale) {
+    const Mask keep = (x >= scalar_t(0)) & (x <= kFlushExponent<scalar_t>);
+    V value;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const V shifted = -x * 1.44269504088896341f + 12582912.0f;
+      const V n = shifted - 12582912.0f;
+      const Mask n_bits = (Mask)shifted - 0x4B400000;
+      const V r = -x - n * 0.693359375f + n * 2.12194440e-4f;
+      const V r2 = r * r;
+      const V c01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
+      const V c23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
+      const V c45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
+      const V p = c01 + r2 * (c23 + r2 * c45);
+      value = (r2 * p + (r + 1.0f)) * (scale * (V)((n_bits + 127) << 23));
+    } else {
+      for (int64_t k = 0; k < kCount; ++k) value[k] = scale[k] * std::exp(-x[k]);
+    }
+    return keep_or_zero(keep, value);
+  }
+};
+
+// Calls chunk(n, v, p) for every marker n and ISA vector of pixels of its support, where v is the
+// marker's value at those pixels and p their offset in the state tables.
+template <int64_t kBytes, typename scalar_t, typename Chunk>
 inline __attribute__((always_inline)) void visit_supports(const SoftTile<scalar_t>& tile, Chunk&& chunk) {
-  constexpr int64_t lanes = kLanes<scalar_t>;
+  using W = Vec<scalar_t, kBytes>;
   const FactorTables<scalar_t>& tables = *tile.tables;
   for (int64_t n = 0; n < tile.n_markers; ++n) {
     const Support s = tile.supports[n];
     const scalar_t scale = tile.amps ? tile.amps[n] : scalar_t(1);
+    const scalar_t* cols = tables.cols.data() + n * tables.col_stride;
     for (int64_t r = s.row_begin; r < s.row_end; ++r) {
       const scalar_t row_factor = scale * tables.rows[n * tables.row_stride + r];
-      const scalar_t* __restrict__ cols = tables.cols.data() + n * tables.col_stride;
-      for (int64_t c = s.col_begin; c < s.col_end; c += lanes) {
-        scalar_t v[lanes];
-        for (int64_t lane = 0; lane < lanes; ++lane) v[lane] = row_factor * cols[c + lane];
-        chunk(n, v, r * tables.col_stride + c);
+      for (int64_t c = s.col_begin; c < s.col_end; c += W::kCount) {
+        chunk(n, row_factor * W::load(cols + c), r * tables.col_stride + c);
       }
     }
   }
-}
-
-// exp(-x) for x >= 0, flushed to 0 above the flush exponent as the axis factors are.
-template <typename scalar_t>
-inline __attribute__((always_inline)) scalar_t flushed_exp_neg(scalar_t x, scalar_t scale) {
-  return keep_or_zero(x >= scalar_t(0) && x <= kFlushExponent<scalar_t>, scaled_exp_neg(x, scale));
 }
 
 // Smoothmax's per-pixel sums over all N markers: max_value = M, the max value (0 included where a
 // marker was not seen), weights = sum_n w_n and weighted = sum_n w_n v_n with w_n = exp((v_n - M) / t).
-template <typename scalar_t>
-inline __attribute__((always_inline)) void smoothmax_sums(const SoftTile<scalar_t>& tile,
-                                                          scalar_t* __restrict__ max_value,
-                                                          scalar_t* __restrict__ seen, scalar_t* __restrict__ weights,
-                                                          scalar_t* __restrict__ weighted) {
-  constexpr int64_t lanes = kLanes<scalar_t>;
+template <int64_t kBytes, typename scalar_t>
+inline __attribute__((always_inline)) void smoothmax_sums(const SoftTile<scalar_t>& tile, scalar_t* max_value,
+                                                          scalar_t* seen, scalar_t* weights, scalar_t* weighted) {
+  using W = Vec<scalar_t, kBytes>;
+  using V = typename W::V;
   const scalar_t inv_t = tile.inv_temperature, n_markers = scalar_t(tile.n_markers);
-  visit_supports(tile, [&](int64_t, const scalar_t* v, int64_t p) __attribute__((always_inline)) {
-    for (int64_t lane = 0; lane < lanes; ++lane) {
-      max_value[p + lane] = v[lane] > max_value[p + lane] ? v[lane] : max_value[p + lane];
-      seen[p + lane] += scalar_t(1);
-    }
+  visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+    const V best = W::load(max_value + p);
+    W::store(max_value + p, v > best ? v : best);
+    W::store(seen + p, W::load(seen + p) + scalar_t(1));
   });
-  for (int64_t p = 0; p < tile.pixels; ++p) {
-    const bool unseen = seen[p] < n_markers;  // those markers' value here is 0
-    max_value[p] = unseen && max_value[p] < scalar_t(0) ? scalar_t(0) : max_value[p];
+  for (int64_t p = 0; p < tile.pixels; p += W::kCount) {
+    const V best = W::load(max_value + p);  // the unseen markers' value here is 0
+    W::store(max_value + p, (W::load(seen + p) < n_markers) & (best < scalar_t(0)) ? W::splat(0) : best);
   }
-  visit_supports(tile, [&](int64_t, const scalar_t* v, int64_t p) __attribute__((always_inline)) {
-    for (int64_t lane = 0; lane < lanes; ++lane) {
-      const scalar_t w = flushed_exp_neg((max_value[p + lane] - v[lane]) * inv_t, scalar_t(1));
-      weights[p + lane] += w;
-      weighted[p + lane] += w * v[lane];
-    }
+  const V one = W::splat(1);
+  visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+    const V w = W::flushed_exp_neg((W::load(max_value + p) - v) * inv_t, one);
+    W::store(weights + p, W::load(weights + p) + w);
+    W::store(weighted + p, W::load(weighted + p) + w * v);
   });
-  for (int64_t p = 0; p < tile.pixels; ++p) {
-    weights[p] += (n_markers - seen[p]) * flushed_exp_neg(max_value[p] * inv_t, scalar_t(1));
+  for (int64_t p = 0; p < tile.pixels; p += W::kCount) {
+    const V unseen = n_markers - W::load(seen + p);
+    W::store(weights + p, W::load(weights + p) + unseen * W::flushed_exp_neg(W::load(max_value + p) * inv_t, one));
   }
 }
 
 // The forward's per-pixel composite of one tile, into out [rows, col_stride] (state[0]).
-template <typename scalar_t>
+template <int64_t kBytes, typename scalar_t>
 inline __attribute__((always_inline)) void soft_forward_tile(const SoftTile<scalar_t>& tile, Composite composite,
                                                              SoftScratch<scalar_t>& scratch) {
-  constexpr int64_t lanes = kLanes<scalar_t>;
-  scalar_t* __restrict__ out = scratch.state[0].data();
-  scalar_t* __restrict__ transmittance = scratch.state[1].data();
+  using W = Vec<scalar_t, kBytes>;
+  using V = typename W::V;
+  scalar_t* out = scratch.state[0].data();
+  scalar_t* transmittance = scratch.state[1].data();
   if (composite == kSoftor) {
-    visit_supports(tile, [&](int64_t, const scalar_t* v, int64_t p) __attribute__((always_inline)) {
-      for (int64_t lane = 0; lane < lanes; ++lane) transmittance[p + lane] *= scalar_t(1) - v[lane];
+    visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+      W::store(transmittance + p, W::load(transmittance + p) * (scalar_t(1) - v));
     });
-    for (int64_t p = 0; p < tile.pixels; ++p) out[p] = scalar_t(1) - transmittance[p];
+    for (int64_t p = 0; p < tile.pixels; p += W::kCount) W::store(out + p, scalar_t(1) - W::load(transmittance + p));
   } else if (composite == kOver) {
-    visit_supports(tile, [&](int64_t, const scalar_t* v, int64_t p) __attribute__((always_inline)) {
-      for (int64_t lane = 0; lane < lanes; ++lane) {
-        out[p + lane] += v[lane] * transmittance[p + lane];
-        transmittance[p + lane] *= scalar_t(1) - v[lane];
-      }
+    visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+      const V in_front = W::load(transmittance + p);
+      W::store(out + p, W::load(out + p) + v * in_front);
+      W::store(transmittance + p, in_front * (scalar_t(1) - v));
     });
   } else {
-    scalar_t* __restrict__ weights = scratch.state[2].data();
-    smoothmax_sums(tile, transmittance, scratch.state[3].data(), weights, out);  // out holds sum w v
-    for (int64_t p = 0; p < tile.pixels; ++p) out[p] /= weights[p];  // >= 1: M's own weight
+    scalar_t* weights = scratch.state[2].data();
+    smoothmax_sums<kBytes>(tile, transmittance, scratch.state[3].data(), weights, out);  // out holds sum w v
+    for (int64_t p = 0; p < tile.pixels; p += W::kCount) {
+      W::store(out + p, W::load(out + p) / W::load(weights + p));  // >= 1: M's own weight
+    }
   }
 }
 
@@ -180,81 +245,88 @@ struct SoftForwardTile {
   template <int64_t kVectorBytes, typename scalar_t>
   static inline __attribute__((always_inline)) void run(const SoftTile<scalar_t>* tile, Composite composite,
                                                         SoftScratch<scalar_t>* scratch) {
-    soft_forward_tile(*tile, composite, *scratch);
+    soft_forward_tile<kVectorBytes>(*tile, composite, *scratch);
   }
 };
 
 // The backward of one tile: fills partials [N, kSoftPartials] with the tile's sums (see the top).
-template <typename scalar_t>
-inline __attribute__((always_inline)) void soft_backward_tile(const SoftTile<scalar_t>& tile, Composite composite,
+// One instance per kind of derivative, so that the pixel loop has no branch.
+template <int64_t kBytes, bool kSmoothmax, typename scalar_t>
+inline __attribute__((always_inline)) void soft_backward_tile(const SoftTile<scalar_t>& tile,
                                                               SoftScratch<scalar_t>& scratch, const scalar_t* means,
                                                               const scalar_t* amps, int64_t row0, double* partials) {
-  constexpr int64_t lanes = kLanes<scalar_t>;
+  using W = Vec<scalar_t, kBytes>;
+  using V = typename W::V;
+  using Mask = typename W::Mask;
   const scalar_t inv_t = tile.inv_temperature;
   // softor/over: Q, Z; smoothmax: M, 1 / sum w, out
-  scalar_t* __restrict__ s0 = scratch.state[0].data();
-  scalar_t* __restrict__ s1 = scratch.state[1].data();
-  scalar_t* __restrict__ s2 = scratch.state[2].data();
-  const bool smoothmax = composite == kSmoothmax;
-  if (!smoothmax) {
-    visit_supports(tile, [&](int64_t, const scalar_t* v, int64_t p) __attribute__((always_inline)) {
-      for (int64_t lane = 0; lane < lanes; ++lane) {
-        const scalar_t factor = scalar_t(1) - v[lane];
-        const bool zero = factor == scalar_t(0);
-        s0[p + lane] *= zero ? scalar_t(1) : factor;
-        s1[p + lane] += zero ? scalar_t(1) : scalar_t(0);
-      }
+  scalar_t* s0 = scratch.state[0].data();
+  scalar_t* s1 = scratch.state[1].data();
+  scalar_t* s2 = scratch.state[2].data();
+  if constexpr (!kSmoothmax) {
+    visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+      const V factor = scalar_t(1) - v;
+      const Mask zero = factor == scalar_t(0);
+      W::store(s0 + p, W::load(s0 + p) * (zero ? W::splat(1) : factor));
+      W::store(s1 + p, W::load(s1 + p) + (zero ? W::splat(1) : W::splat(0)));
     });
   } else {
-    smoothmax_sums(tile, s0, scratch.state[3].data(), s1, s2);
-    for (int64_t p = 0; p < tile.pixels; ++p) {
-      s2[p] /= s1[p];  // out
-      s1[p] = scalar_t(1) / s1[p];
+    smoothmax_sums<kBytes>(tile, s0, scratch.state[3].data(), s1, s2);
+    for (int64_t p = 0; p < tile.pixels; p += W::kCount) {
+      const V weights = W::load(s1 + p);
+      W::store(s2 + p, W::load(s2 + p) / weights);  // out
+      W::store(s1 + p, scalar_t(1) / weights);
     }
   }
   const FactorTables<scalar_t>& tables = *tile.tables;
-  const scalar_t* __restrict__ grad = scratch.grad.data();
+  const scalar_t* grad = scratch.grad.data();
+  const V lane_offsets = W::iota();
+  constexpr int64_t kWidest = kLanes<scalar_t>;
   for (int64_t n = 0; n < tile.n_markers; ++n) {
     const Support s = tile.supports[n];
     const scalar_t amp = amps[n], mx = means[2 * n], my = means[2 * n + 1];
-    scalar_t sum_h[lanes] = {}, sum_dx[lanes] = {}, sum_dy[lanes] = {}, sum_sq[lanes] = {};
+    const scalar_t* cols = tables.cols.data() + n * tables.col_stride;
+    // the running sums of each lane of the widest vector: part k holds its lanes [k kCount, (k + 1) kCount)
+    V sum_h[W::kParts] = {}, sum_dx[W::kParts] = {}, sum_dy[W::kParts] = {}, sum_sq[W::kParts] = {};
     for (int64_t r = s.row_begin; r < s.row_end; ++r) {
       const scalar_t row_factor = tables.rows[n * tables.row_stride + r];
       const scalar_t scaled_row_factor = amp * row_factor;  // v as visit_supports forms it, to the bit
-      const scalar_t dy = scalar_t(row0 + r) - my;
-      const scalar_t* __restrict__ cols = tables.cols.data() + n * tables.col_stride;
-      for (int64_t c = s.col_begin; c < s.col_end; c += lanes) {
-        const int64_t p = r * tables.col_stride + c;
-        for (int64_t lane = 0; lane < lanes; ++lane) {
-          const scalar_t e = row_factor * cols[c + lane];
-          const scalar_t v = scaled_row_factor * cols[c + lane];
-          scalar_t d_out;
-          if (!smoothmax) {
-            const scalar_t factor = scalar_t(1) - v;
-            const bool zero = factor == scalar_t(0);
-            const scalar_t q = s0[p + lane], zeros = s1[p + lane];
-            const scalar_t others = q / (zero ? scalar_t(1) : factor);
-            d_out = zeros == scalar_t(0) ? others : (zeros == scalar_t(1) && zero ? q : scalar_t(0));
+      const scalar_t dy = scalar_t(row0 + r) - my, dy2 = dy * dy;
+      for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += kWidest) {
+        for (int64_t part = 0; part < W::kParts; ++part) {
+          const int64_t c = c0 + part * W::kCount, p = r * tables.col_stride + c;
+          const V col = W::load(cols + c);
+          const V e = row_factor * col;
+          const V v = scaled_row_factor * col;
+          V d_out;
+          if constexpr (!kSmoothmax) {
+            const V factor = scalar_t(1) - v;
+            const Mask zero = factor == scalar_t(0);
+            const V q = W::load(s0 + p), zeros = W::load(s1 + p);
+            const V others = q / (zero ? W::splat(1) : factor);
+            d_out = zeros == scalar_t(0) ? others : ((zeros == scalar_t(1)) & zero ? q : W::splat(0));
           } else {
-            const scalar_t w = flushed_exp_neg((s0[p + lane] - v) * inv_t, s1[p + lane]);
-            d_out = w * (scalar_t(1) + (v - s2[p + lane]) * inv_t);
+            const V w = W::flushed_exp_neg((W::load(s0 + p) - v) * inv_t, W::load(s1 + p));
+            d_out = w * (scalar_t(1) + (v - W::load(s2 + p)) * inv_t);
           }
-          const scalar_t h = grad[p + lane] * d_out * e;
-          const scalar_t dx = scalar_t(c + lane) - mx;
-          sum_h[lane] += h;
-          sum_dx[lane] += h * dx;
-          sum_dy[lane] += h * dy;
-          sum_sq[lane] += h * (dx * dx + dy * dy);
+          const V h = W::load(grad + p) * d_out * e;
+          const V dx = (lane_offsets + scalar_t(c)) - mx;
+          sum_h[part] += h;
+          sum_dx[part] += h * dx;
+          sum_dy[part] += h * dy;
+          sum_sq[part] += h * (dx * dx + dy2);
         }
       }
     }
     double* out = partials + n * kSoftPartials;
     for (int64_t k = 0; k < kSoftPartials; ++k) out[k] = 0;
-    for (int64_t lane = 0; lane < lanes; ++lane) {  // a fixed order: the same bits on every ISA
-      out[0] += double(sum_h[lane]);
-      out[1] += double(sum_dx[lane]);
-      out[2] += double(sum_dy[lane]);
-      out[3] += double(sum_sq[lane]);
+    for (int64_t part = 0; part < W::kParts; ++part) {  // lanes in a fixed order: the same bits on every ISA
+      for (int64_t k = 0; k < W::kCount; ++k) {
+        out[0] += double(sum_h[part][k]);
+        out[1] += double(sum_dx[part][k]);
+        out[2] += double(sum_dy[part][k]);
+        out[3] += double(sum_sq[part][k]);
+      }
     }
   }
 }
@@ -264,7 +336,11 @@ struct SoftBackwardTile {
   static inline __attribute__((always_inline)) void run(const SoftTile<scalar_t>* tile, Composite composite,
                                                         SoftScratch<scalar_t>* scratch, const scalar_t* means,
                                                         const scalar_t* amps, int64_t row0, double* partials) {
-    soft_backward_tile(*tile, composite, *scratch, means, amps, row0, partials);
+    if (composite == kSmoothmax) {
+      soft_backward_tile<kVectorBytes, true>(*tile, *scratch, means, amps, row0, partials);
+    } else {
+      soft_backward_tile<kVectorBytes, false>(*tile, *scratch, means, amps, row0, partials);
+    }
   }
 };
 

@@ -50,18 +50,42 @@ auto launcher(cudaStream_t stream) {
   };
 }
 
+// splat_forward_cuda for the soft composites, after its checks: the image, and an empty index
+// [B, 0, 0] (these modes have no winner map).
+std::tuple<at::Tensor, at::Tensor> soft_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
+                                                     const at::Tensor& amps, int64_t height, int64_t width,
+                                                     Composite composite, double temperature) {
+  const int64_t batch = means.size(0), n_markers = means.size(1);
+  at::Tensor no_index = at::empty({batch, 0, 0}, means.options().dtype(at::kInt));
+  if (n_markers == 0) return {at::zeros({batch, height, width}, means.options()), no_index};
+  at::Tensor image = at::empty({batch, height, width}, means.options());
+  if (batch == 0) return {image, no_index};
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool capturing = stream_is_capturing(stream);
+  at::Tensor flaws = flag_word(means, capturing);
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_soft_forward_cuda", [&] {
+    kernels::launch_soft_forward(launcher(stream), composite, temperature, means.const_data_ptr<scalar_t>(),
+                                 sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(), batch,
+                                 int(n_markers), int(height), int(width), image.mutable_data_ptr<scalar_t>(),
+                                 flaws.mutable_data_ptr<int32_t>());
+  });
+  if (!capturing) raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
+  return {image, no_index};
+}
+
 std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
                                                       const at::Tensor& amps, int64_t height, int64_t width,
                                                       bool /*deterministic: the forward always is*/,
                                                       c10::string_view composite_name, double temperature) {
   const Composite composite = parse_composite(composite_name, temperature);
   check_forward_layout(means, sigmas, amps, height, width);
-  TORCH_CHECK_NOT_IMPLEMENTED(composite == kMax, "splat_render: the CUDA backend composites with 'max' only so far");
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   TORCH_CHECK_VALUE(n_markers <= std::numeric_limits<int32_t>::max() && height <= std::numeric_limits<int32_t>::max() &&
                         width <= std::numeric_limits<int32_t>::max(),
                     "splat_render: N, height and width must each fit in int32 on CUDA");
+  if (composite != kMax) return soft_forward_cuda(means, sigmas, amps, height, width, composite, temperature);
   if (n_markers == 0) {
     return {at::zeros({batch, height, width}, means.options()),
             at::full({batch, height, width}, -1, means.options().dtype(at::kInt))};
@@ -83,6 +107,30 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
   return {image, index};
 }
 
+// splat_backward_cuda for the soft composites, into the gradients it allocated (zeroed unless
+// deterministic), for N >= 1 and at least one pixel. No index to check: no host sync.
+void soft_backward_cuda(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
+                        const at::Tensor& amps, bool deterministic, Composite composite, double temperature,
+                        at::Tensor& grad_means, at::Tensor& grad_sigmas, at::Tensor& grad_amps) {
+  const int64_t batch = means.size(0), n_markers = means.size(1);
+  const int64_t height = grad_image.size(1), width = grad_image.size(2);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_soft_backward_cuda", [&] {
+    at::Tensor partials;  // the deterministic pass 1's output
+    if (deterministic) {
+      partials = at::empty({kernels::soft_deterministic_partials<scalar_t>(batch, height, width, n_markers), kTerms},
+                           means.options());
+    }
+    kernels::launch_soft_backward(launcher(stream), composite, temperature, deterministic,
+                                  grad_image.const_data_ptr<scalar_t>(), means.const_data_ptr<scalar_t>(),
+                                  sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(), batch,
+                                  int(n_markers), int(height), int(width), grad_means.mutable_data_ptr<scalar_t>(),
+                                  grad_sigmas.mutable_data_ptr<scalar_t>(), grad_amps.mutable_data_ptr<scalar_t>(),
+                                  deterministic ? reinterpret_cast<Terms<scalar_t>*>(partials.mutable_data_ptr<scalar_t>())
+                                                : nullptr);
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Tensor& grad_image,
                                                                    const at::Tensor& means,
                                                                    const at::Tensor& sigmas, const at::Tensor& amps,
@@ -90,7 +138,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
                                                                    c10::string_view composite_name, double temperature) {
   const Composite composite = parse_composite(composite_name, temperature);
   check_backward_layout(grad_image, means, sigmas, amps, index, composite);
-  TORCH_CHECK_NOT_IMPLEMENTED(composite == kMax, "splat_render: the CUDA backend composites with 'max' only so far");
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2), pixels = height * width;
@@ -104,6 +151,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
   // The atomic kernel adds into the gradients; the deterministic pass 2 writes every element.
   if (!deterministic || nothing_to_add) at::_foreach_zero_({grad_means, grad_sigmas, grad_amps});  // one launch
   if (nothing_to_add) return {grad_means, grad_sigmas, grad_amps};
+  if (composite != kMax) {
+    soft_backward_cuda(grad_image, means, sigmas, amps, deterministic, composite, temperature, grad_means, grad_sigmas,
+                       grad_amps);
+    return {grad_means, grad_sigmas, grad_amps};
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool capturing = stream_is_capturing(stream);
   at::Tensor bad_index = flag_word(means, capturing);

@@ -16,6 +16,10 @@
 // deterministic=true: no atomics. Each warp's lanes add to the warp's own sums one at a time, in lane
 // order; the block writes each marker's sum over its warps, in warp order, and a second kernel adds
 // those in block order. The result depends on the problem shape only, never on timing.
+//
+// The soft composites (softor, over, smoothmax) have kernels of their own, in the section of that
+// name: the forward's tiles with a per-pixel state instead of a winner, and a backward that
+// recomputes that state before it sums every marker's terms per tile.
 #pragma once
 
 #include "splat_facts.h"
@@ -443,6 +447,379 @@ __global__ void __launch_bounds__(kBackwardThreads)
   add_gradients<false>(sum, sigmas[bn], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
 }
 
+// --- soft composites: softor, over, smoothmax ---------------------------------------------------
+// The math: splatkern/reference.py (composite_reference); the same algorithm on CPU, with its
+// derivation: splat_cpu_soft.cpp. Every marker adds to every pixel, so there is no winner map.
+//
+// Forward: the max forward's tiles, blocks, factor tables and pixels per thread, with a per-pixel
+// state instead of (best, winner): softor T = prod (1 - v), out = 1 - T; over acc += v T, T *= 1 - v;
+// smoothmax an online softmax (running max M, S = sum exp((v - M) / t), W = sum exp((v - M) / t) v,
+// rescaled whenever M grows; out = W / S), finite at any temperature. A marker whose factors are 0 on
+// all of a warp's rows, or on all of the tile's columns, has v = 0 exactly on the warp's pixels: the
+// warp skips it (softor and over are unchanged by v = 0; smoothmax counts the skipped markers per
+// thread and adds them as v = 0 at the end).
+//
+// Backward: the same tiles, one block per tile. Pass 1 recomputes the per-pixel state over all
+// markers (softor/over: Q = product of the nonzero factors 1 - v, Z = count of zero ones; smoothmax:
+// M, S, out); pass 2 goes over the markers again and, per marker, sums its terms over the thread's
+// pixels in registers, over the warp with 6 shuffles (warp_sum_terms), and over the 4 warps in shared
+// memory, in warp order. Then per marker and block: deterministic=false: one atomicAdd per gradient
+// (add_gradients); deterministic=true: the block's sum goes to partials[block][marker], which
+// reduce_partials_kernel adds in block order. Within a block the order of every addition is fixed,
+// so the deterministic result depends on the problem's shape only.
+
+// A pixel's running state: softor (T, -, -), over (T, acc, -), smoothmax (M, S, W).
+template <typename scalar_t>
+struct SoftState {
+  scalar_t a, b, c;
+};
+
+template <Composite kComposite, typename scalar_t>
+__device__ __forceinline__ SoftState<scalar_t> soft_start() {
+  if constexpr (kComposite == kSmoothmax) {
+    return {-std::numeric_limits<scalar_t>::infinity(), scalar_t(0), scalar_t(0)};
+  } else {
+    return {scalar_t(1), scalar_t(0), scalar_t(0)};
+  }
+}
+
+// Composites `weight` markers of value v (smoothmax; 1 for the others, which ignore it) into s.
+template <Composite kComposite, typename scalar_t>
+__device__ __forceinline__ void soft_add(SoftState<scalar_t>& s, scalar_t v, scalar_t inv_t,
+                                         scalar_t weight = scalar_t(1)) {
+  if constexpr (kComposite == kSoftor) {
+    s.a *= scalar_t(1) - v;
+  } else if constexpr (kComposite == kOver) {
+    s.b += v * s.a;
+    s.a *= scalar_t(1) - v;
+  } else {
+    // Online softmax: d = exp(-|v - M| / t) rescales the sums where v is the new max (M = -inf at
+    // first: d = 0), else it is v's own weight.
+    const bool greater = v > s.a;
+    const scalar_t d = exp_neg((greater ? v - s.a : s.a - v) * inv_t);
+    s.b = greater ? s.b * d + weight : s.b + weight * d;
+    s.c = greater ? s.c * d + weight * v : s.c + weight * d * v;
+    s.a = greater ? v : s.a;
+  }
+}
+
+// The image value of a pixel's final state (smoothmax: `skipped` markers of value 0 not yet added).
+template <Composite kComposite, typename scalar_t>
+__device__ __forceinline__ scalar_t soft_finish(SoftState<scalar_t>& s, int skipped, scalar_t inv_t) {
+  if constexpr (kComposite == kSoftor) {
+    return scalar_t(1) - s.a;
+  } else if constexpr (kComposite == kOver) {
+    return s.b;
+  } else {
+    if (skipped > 0) soft_add<kSmoothmax>(s, scalar_t(0), inv_t, scalar_t(skipped));
+    return s.b > scalar_t(0) ? s.c / s.b : scalar_t(0);  // S >= 1 (M's own weight) but for N = 0
+  }
+}
+
+// A marker block's parameters and factor tables for one tile. live[m] bit w: marker m's value may be
+// nonzero on warp w's pixels (some factor of the warp's rows and some of the tile's columns is).
+template <typename scalar_t, int kColumns>
+struct SoftTables {
+  Marker<scalar_t> markers[kMarkerBlock];
+  scalar_t cols[kMarkerBlock][kWarpSize * kColumns];
+  RowFactors<scalar_t> rows[kMarkerBlock][kWarpsPerTile];
+  unsigned live[kMarkerBlock];
+};
+
+// Fills the tables of markers [0, count) of `t.markers` for the tile at (x0, y0): column factors
+// amp * g(dx) (kScaled, the forward's, as forward_kernel forms them) or g(dx), row factors g(dy).
+template <bool kScaled, typename scalar_t, int kColumns>
+__device__ __forceinline__ void fill_soft_tables(SoftTables<scalar_t, kColumns>& t, int count, int x0, int y0) {
+  const int lane = threadIdx.x, warp = threadIdx.y;
+  for (int m = warp; m < count; m += kWarpsPerTile) {
+    const Marker<scalar_t> marker = t.markers[m];
+    bool any_column = false;
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+      const scalar_t dx = scalar_t(x0 + lane + kWarpSize * c) - marker.mx;
+      const scalar_t factor = axis_factor(dx * dx * marker.inv_2s2);
+      const scalar_t col = kScaled ? marker.amp * factor : factor;
+      t.cols[m][lane + kWarpSize * c] = col;
+      any_column |= col != scalar_t(0);
+    }
+    const scalar_t dy = scalar_t(y0 + lane) - marker.my;
+    const scalar_t row = axis_factor(dy * dy * marker.inv_2s2);
+    t.rows[m][lane / kRowsPerThread].of[lane % kRowsPerThread] = row;
+    const unsigned columns = __ballot_sync(kFullWarp, any_column);
+    const unsigned rows = __ballot_sync(kFullWarp, row != scalar_t(0));
+    if (lane == 0) {
+      unsigned live = 0;
+#pragma unroll
+      for (int w = 0; w < kWarpsPerTile; ++w) {
+        live |= (columns != 0 && ((rows >> (w * kRowsPerThread)) & ((1u << kRowsPerThread) - 1u)) != 0) ? 1u << w : 0u;
+      }
+      t.live[m] = live;
+    }
+  }
+}
+
+// The forward of a soft composite: forward_kernel's tiles and staging (see there), the per-pixel
+// state of kComposite. The first tile of each image checks its markers' values into *flaws, with
+// kAmpsOutsideUnit where the mode needs amps in [0, 1].
+template <typename scalar_t, int kColumns, Composite kComposite>
+__global__ void __launch_bounds__(kForwardThreads)
+    forward_soft_kernel(const scalar_t* __restrict__ means, const scalar_t* __restrict__ sigmas,
+                        const scalar_t* __restrict__ amps, int n_markers, int height, int width, int tiles_x,
+                        int tiles_per_image, scalar_t inv_t, scalar_t* __restrict__ image,
+                        int32_t* __restrict__ flaws) {
+  __shared__ SoftTables<scalar_t, kColumns> t;
+  const int64_t b = blockIdx.x / tiles_per_image;
+  const int tile = blockIdx.x % tiles_per_image;
+  const int x0 = (tile % tiles_x) * kWarpSize * kColumns, y0 = (tile / tiles_x) * kTileHeight;
+  const int lane = threadIdx.x, warp = threadIdx.y, thread = warp * kWarpSize + lane;
+  means += b * n_markers * 2;
+  sigmas += b * n_markers;
+  amps += b * n_markers;
+
+  SoftState<scalar_t> state[kRowsPerThread][kColumns];
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) state[r][c] = soft_start<kComposite, scalar_t>();
+  }
+  int skipped = 0;  // markers of value 0 on all of this thread's pixels, not composited
+  // Markers per loop step: 2 for float; 1 for double, whose exponentials (smoothmax) would otherwise
+  // take ptxas past 128 registers and into spills.
+  [[maybe_unused]] constexpr int kUnroll = std::is_same_v<scalar_t, float> ? 2 : 1;  // unused where emulated
+
+  // Barriers as in forward_kernel: the composite pass reads the factor tables only.
+  for (int m0 = 0; m0 < n_markers; m0 += kMarkerBlock) {
+    const int count = min(kMarkerBlock, n_markers - m0);
+    if (thread < count) {
+      const int n = m0 + thread;
+      const scalar_t mx = means[2 * n], my = means[2 * n + 1], sigma = sigmas[n], amp = amps[n];
+      if (tile == 0) {
+        report_flaws(mx, my, sigma, amp, flaws);
+        if constexpr (kCompositeNeedsUnitAmps[kComposite]) {
+          if (amp < scalar_t(0) || amp > scalar_t(1)) atomicOr(flaws, int32_t(kAmpsOutsideUnit));
+        }
+      }
+      t.markers[thread] = make_marker(mx, my, sigma, amp);
+    }
+    __syncthreads();
+    fill_soft_tables<true>(t, count, x0, y0);
+    __syncthreads();
+#pragma unroll kUnroll
+    for (int m = 0; m < count; ++m) {
+      if (!((t.live[m] >> warp) & 1u)) {  // uniform across the warp
+        ++skipped;
+        continue;
+      }
+      scalar_t cols[kColumns];
+#pragma unroll
+      for (int c = 0; c < kColumns; ++c) cols[c] = t.cols[m][lane + kWarpSize * c];
+      const RowFactors<scalar_t> rows = t.rows[m][warp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) {
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) soft_add<kComposite>(state[r][c], rows.of[r] * cols[c], inv_t);
+      }
+    }
+  }
+
+  const int64_t image_offset = b * height * width;
+#pragma unroll
+  for (int c = 0; c < kColumns; ++c) {
+    const int x = x0 + lane + kWarpSize * c;
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int y = y0 + warp * kRowsPerThread + r;
+      const scalar_t out = soft_finish<kComposite>(state[r][c], skipped, inv_t);
+      if (x < width && y < height) image[image_offset + int64_t(y) * width + x] = out;
+    }
+  }
+}
+
+// Sums each of a lane's kTerms = 4 terms over the warp; lane l returns the total of term l / 8. Two
+// transposing steps (lanes keep half the terms and swap the other half) and three butterfly steps:
+// 6 shuffles instead of 20, in an order fixed by the lane numbers.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t warp_sum_terms(const Terms<scalar_t>& terms, int lane) {
+  static_assert(kTerms == 4, "two transposing steps take 4 terms to 1");
+  const bool upper16 = lane & 16;
+  scalar_t keep0 = upper16 ? terms.of[2] : terms.of[0], keep1 = upper16 ? terms.of[3] : terms.of[1];
+  const scalar_t send0 = upper16 ? terms.of[0] : terms.of[2], send1 = upper16 ? terms.of[1] : terms.of[3];
+  keep0 += __shfl_xor_sync(kFullWarp, send0, 16);
+  keep1 += __shfl_xor_sync(kFullWarp, send1, 16);
+  const bool upper8 = lane & 8;
+  scalar_t total = upper8 ? keep1 : keep0;
+  total += __shfl_xor_sync(kFullWarp, upper8 ? keep0 : keep1, 8);
+#pragma unroll
+  for (int d = 4; d >= 1; d /= 2) total += __shfl_xor_sync(kFullWarp, total, d);
+  return total;
+}
+
+// The backward of softor and over (kSmooth = false; their derivatives are equal) or smoothmax, for
+// one tile of one image per block (layout and barriers as forward_soft_kernel). See the section's top.
+// Per pixel, after pass 1: softor/over p = g Q and zeros = Z; smoothmax p = M, q = g / S, out.
+//   softor/over: d out / d v_n = Q / (1 - v_n) if Z = 0; Q if Z = 1 and 1 - v_n = 0; else 0.
+//   smoothmax:   d out / d v_n = exp((v_n - M) / t) / S * (1 + (v_n - out) / t).
+// Marker n's terms at a pixel, h = g (d out / d v_n) e_n: (h, h dx, h dy, h (dx^2 + dy^2)); the last
+// three are multiplied by amp once per marker and block, and add_gradients applies 1/s^2, 1/s^3.
+template <typename scalar_t, int kColumns, bool kSmooth, bool kDeterministic>
+__global__ void __launch_bounds__(kForwardThreads)
+    backward_soft_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
+                         const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps, int n_markers,
+                         int height, int width, int tiles_x, int tiles_per_image, scalar_t inv_t,
+                         scalar_t* __restrict__ grad_means, scalar_t* __restrict__ grad_sigmas,
+                         scalar_t* __restrict__ grad_amps, Terms<scalar_t>* __restrict__ partials) {
+  constexpr Composite kState = kSmooth ? kSmoothmax : kSoftor;
+  __shared__ SoftTables<scalar_t, kColumns> t;
+  __shared__ Terms<scalar_t> warp_sums[kWarpsPerTile][kMarkerBlock];
+  const int64_t b = blockIdx.x / tiles_per_image;
+  const int tile = blockIdx.x % tiles_per_image;
+  const int x0 = (tile % tiles_x) * kWarpSize * kColumns, y0 = (tile / tiles_x) * kTileHeight;
+  const int lane = threadIdx.x, warp = threadIdx.y, thread = warp * kWarpSize + lane;
+  means += b * n_markers * 2;
+  sigmas += b * n_markers;
+  amps += b * n_markers;
+
+  // Stages markers [m0, m0 + count) and their bare factor tables. The caller's loop ends with a
+  // barrier after its last read of t.markers.
+  const auto stage = [&](int m0, int count) {
+    if (thread < count) t.markers[thread] = marker_at(means, sigmas, amps, m0 + thread);
+    __syncthreads();
+    fill_soft_tables<false>(t, count, x0, y0);
+    __syncthreads();
+  };
+
+  // Pass 1: the per-pixel state. softor/over: state.a = Q, zeros = Z; smoothmax: (M, S, W).
+  SoftState<scalar_t> state[kRowsPerThread][kColumns];
+  int zeros[kRowsPerThread][kColumns];
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+      state[r][c] = soft_start<kState, scalar_t>();
+      zeros[r][c] = 0;
+    }
+  }
+  int skipped = 0;
+  for (int m0 = 0; m0 < n_markers; m0 += kMarkerBlock) {
+    const int count = min(kMarkerBlock, n_markers - m0);
+    stage(m0, count);
+#pragma unroll 2
+    for (int m = 0; m < count; ++m) {
+      if (!((t.live[m] >> warp) & 1u)) {
+        ++skipped;
+        continue;
+      }
+      const scalar_t amp = t.markers[m].amp;
+      scalar_t cols[kColumns];
+#pragma unroll
+      for (int c = 0; c < kColumns; ++c) cols[c] = t.cols[m][lane + kWarpSize * c];
+      const RowFactors<scalar_t> rows = t.rows[m][warp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) {
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+          const scalar_t v = amp * (rows.of[r] * cols[c]);
+          if constexpr (kSmooth) {
+            soft_add<kSmoothmax>(state[r][c], v, inv_t);
+          } else {
+            const scalar_t factor = scalar_t(1) - v;
+            const bool zero = factor == scalar_t(0);
+            state[r][c].a *= zero ? scalar_t(1) : factor;
+            zeros[r][c] += zero ? 1 : 0;
+          }
+        }
+      }
+    }
+    __syncthreads();  // every read of t.markers before the next block's stage
+  }
+
+  // The upstream gradient (0 outside the image) folded into the state: p, q, out as above.
+  const int64_t image_offset = b * height * width;
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const int y = y0 + warp * kRowsPerThread + r;
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) {
+      const int x = x0 + lane + kWarpSize * c;
+      const scalar_t g = x < width && y < height ? grad_image[image_offset + int64_t(y) * width + x] : scalar_t(0);
+      SoftState<scalar_t>& s = state[r][c];
+      if constexpr (kSmooth) {
+        const scalar_t out = soft_finish<kSmoothmax>(s, skipped, inv_t);  // S >= 1 here: n_markers >= 1
+        s = {s.a, g / s.b, out};
+      } else {
+        s.a *= g;
+      }
+    }
+  }
+
+  // Pass 2: each marker's terms, summed per block.
+  for (int m0 = 0; m0 < n_markers; m0 += kMarkerBlock) {
+    const int count = min(kMarkerBlock, n_markers - m0);
+    stage(m0, count);
+    for (int m = 0; m < count; ++m) {
+      if (!((t.live[m] >> warp) & 1u)) {  // uniform across the warp: e = 0 on all its pixels
+        if (lane < kTerms) warp_sums[warp][m].of[lane] = scalar_t(0);
+        continue;
+      }
+      const Marker<scalar_t> marker = t.markers[m];
+      scalar_t cols[kColumns], dx[kColumns];
+#pragma unroll
+      for (int c = 0; c < kColumns; ++c) {
+        cols[c] = t.cols[m][lane + kWarpSize * c];
+        dx[c] = scalar_t(x0 + lane + kWarpSize * c) - marker.mx;
+      }
+      const RowFactors<scalar_t> rows = t.rows[m][warp];
+      Terms<scalar_t> sum = {{scalar_t(0), scalar_t(0), scalar_t(0), scalar_t(0)}};
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        const scalar_t dy = scalar_t(y0 + warp * kRowsPerThread + r) - marker.my;
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+          const scalar_t e = rows.of[r] * cols[c];
+          const scalar_t v = marker.amp * e;  // pass 1's v, to the bit
+          const SoftState<scalar_t>& s = state[r][c];
+          scalar_t g_d_out;  // g * d out / d v
+          if constexpr (kSmooth) {
+            const scalar_t w = exp_neg((s.a - v) * inv_t) * s.b;
+            g_d_out = w * (scalar_t(1) + (v - s.c) * inv_t);
+          } else {
+            const scalar_t factor = scalar_t(1) - v;
+            const bool zero = factor == scalar_t(0);
+            const int z = zeros[r][c];
+            g_d_out = z == 0 ? s.a / (zero ? scalar_t(1) : factor) : (z == 1 && zero ? s.a : scalar_t(0));
+          }
+          const scalar_t h = g_d_out * e;
+          sum.of[0] += h;
+          sum.of[1] += h * dx[c];
+          sum.of[2] += h * dy;
+          sum.of[3] += h * (dx[c] * dx[c] + dy * dy);
+        }
+      }
+      const scalar_t total = warp_sum_terms(sum, lane);
+      if (lane % (kWarpSize / kTerms) == 0) warp_sums[warp][m].of[lane / (kWarpSize / kTerms)] = total;
+    }
+    __syncthreads();
+    if (thread < count) {
+      const int n = m0 + thread;
+      Terms<scalar_t> sum = warp_sums[0][thread];
+#pragma unroll
+      for (int w = 1; w < kWarpsPerTile; ++w) accumulate(sum, warp_sums[w][thread]);
+      const scalar_t amp = amps[n];
+#pragma unroll
+      for (int k = 1; k < kTerms; ++k) sum.of[k] *= amp;
+      if constexpr (kDeterministic) {
+        partials[blockIdx.x * int64_t(n_markers) + n] = sum;
+      } else if (sum.of[0] != scalar_t(0) || sum.of[1] != scalar_t(0) || sum.of[2] != scalar_t(0) ||
+                 sum.of[3] != scalar_t(0)) {
+        const int64_t bn = b * n_markers + n;
+        add_gradients<true>(sum, sigmas[n], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
+      }
+    }
+    // No barrier needed here: the next stage writes t.markers (read above before the last barrier),
+    // and warp_sums are written again only after its two barriers.
+  }
+}
+
 // --- launches -----------------------------------------------------------------------------------
 // The kernels each op runs, in order, with their grids: written once for splat_cuda.cu, whose
 // `launch` puts a kernel on the current stream, and for the CPU emulation in the tests. `launch` is
@@ -498,6 +875,95 @@ void launch_backward(const Launch& launch, bool deterministic, const scalar_t* g
          grid.tiles_per_image, vector_loads, grad_means, grad_sigmas, grad_amps, partials, bad_index);
   if (deterministic) {
     launch("the deterministic backward", reduce_partials_kernel<scalar_t>, ceil_div(batch * n_markers, kBackwardThreads),
+           dim3(kBackwardThreads), static_cast<const Terms<scalar_t>*>(partials), sigmas, batch, n_markers,
+           grid.tiles_per_image, grad_means, grad_sigmas, grad_amps);
+  }
+}
+
+// The soft composites' tiles: forward_kernel's (launch_forward).
+struct SoftGrid {
+  int columns;
+  int64_t tiles_x, tiles_per_image;
+};
+template <typename scalar_t>
+SoftGrid soft_grid(int64_t height, int64_t width) {
+  const int columns = std::is_same_v<scalar_t, float> && width > kWarpSize ? 2 : 1;
+  const int64_t tiles_x = ceil_div(width, kWarpSize * columns);
+  return {columns, tiles_x, tiles_x * ceil_div(height, kTileHeight)};
+}
+
+// The scratch the deterministic soft backward needs: one Terms per (block, marker).
+template <typename scalar_t>
+int64_t soft_deterministic_partials(int64_t batch, int64_t height, int64_t width, int64_t n_markers) {
+  return batch * soft_grid<scalar_t>(height, width).tiles_per_image * n_markers;
+}
+
+// Calls body(std::integral_constant<int, kColumns>) with the soft grid's column count; double's
+// tables for two columns would not fit in shared memory, so they are never instantiated.
+template <typename scalar_t, typename Body>
+void with_soft_columns(const SoftGrid& grid, const Body& body) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (grid.columns == 2) return body(std::integral_constant<int, 2>());
+  }
+  body(std::integral_constant<int, 1>());
+}
+
+// The image of a soft composite (not kMax); n_markers may be 0 (all zeros). Checks the markers'
+// values into *flaws, as launch_forward does, plus kAmpsOutsideUnit for softor and over.
+template <typename scalar_t, typename Launch>
+void launch_soft_forward(const Launch& launch, Composite composite, double temperature, const scalar_t* means,
+                         const scalar_t* sigmas, const scalar_t* amps, int64_t batch, int n_markers, int height,
+                         int width, scalar_t* image, int32_t* flaws) {
+  const SoftGrid grid = soft_grid<scalar_t>(height, width);
+  const scalar_t inv_t = scalar_t(1.0 / temperature);
+  with_soft_columns<scalar_t>(grid, [&](auto columns) {
+    constexpr int kColumns = decltype(columns)::value;
+    const auto run = [&](auto kernel) {
+      launch("the forward", kernel, batch * grid.tiles_per_image, dim3(kWarpSize, kWarpsPerTile), means, sigmas,
+             amps, n_markers, height, width, int(grid.tiles_x), int(grid.tiles_per_image), inv_t, image, flaws);
+    };
+    if (composite == kSoftor) {
+      run(forward_soft_kernel<scalar_t, kColumns, kSoftor>);
+    } else if (composite == kOver) {
+      run(forward_soft_kernel<scalar_t, kColumns, kOver>);
+    } else {
+      run(forward_soft_kernel<scalar_t, kColumns, kSmoothmax>);
+    }
+  });
+}
+
+// The gradients of a soft composite (not kMax) from the image's gradient [B, H, W]; nothing to do
+// where there are no markers or pixels. As launch_backward: the gradients must be zero before the
+// atomic backward; the deterministic one writes every element; `partials` (deterministic only):
+// soft_deterministic_partials(...) Terms.
+template <typename scalar_t, typename Launch>
+void launch_soft_backward(const Launch& launch, Composite composite, double temperature, bool deterministic,
+                          const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
+                          const scalar_t* amps, int64_t batch, int n_markers, int height, int width,
+                          scalar_t* grad_means, scalar_t* grad_sigmas, scalar_t* grad_amps,
+                          Terms<scalar_t>* partials) {
+  if (batch == 0 || n_markers == 0 || height == 0 || width == 0) return;
+  const SoftGrid grid = soft_grid<scalar_t>(height, width);
+  const scalar_t inv_t = scalar_t(1.0 / temperature);
+  const char* what = deterministic ? "the deterministic backward" : "the backward";
+  with_soft_columns<scalar_t>(grid, [&](auto columns) {
+    constexpr int kColumns = decltype(columns)::value;
+    const auto run = [&](auto kernel) {
+      launch(what, kernel, batch * grid.tiles_per_image, dim3(kWarpSize, kWarpsPerTile), grad_image, means, sigmas,
+             amps, n_markers, height, width, int(grid.tiles_x), int(grid.tiles_per_image), inv_t, grad_means,
+             grad_sigmas, grad_amps, partials);
+    };
+    const bool smooth = composite == kSmoothmax;
+    if (smooth) {
+      deterministic ? run(backward_soft_kernel<scalar_t, kColumns, true, true>)
+                    : run(backward_soft_kernel<scalar_t, kColumns, true, false>);
+    } else {
+      deterministic ? run(backward_soft_kernel<scalar_t, kColumns, false, true>)
+                    : run(backward_soft_kernel<scalar_t, kColumns, false, false>);
+    }
+  });
+  if (deterministic) {
+    launch(what, reduce_partials_kernel<scalar_t>, ceil_div(batch * n_markers, kBackwardThreads),
            dim3(kBackwardThreads), static_cast<const Terms<scalar_t>*>(partials), sigmas, batch, n_markers,
            grid.tiles_per_image, grad_means, grad_sigmas, grad_amps);
   }

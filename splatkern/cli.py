@@ -14,6 +14,7 @@ import torch
 # Only modules a base install can import: pictures imports the train extra's packages, so the
 # commands import it when they run (train imports tqdm only while training).
 from splatkern import data, evaluate, train
+from splatkern.facts import COMPOSITES
 from splatkern.models import INITS, MODELS, ModelConfig
 from splatkern.models.encoders import ENCODERS
 
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--step-size", type=float, help="gesture: largest step per marker, in pixels (default 3)")
     fit.add_argument("--init", choices=INITS, help="sweep (stable, default), default (PyTorch), glorot (the article's)")
     fit.add_argument("--backend", help="splat_render backend (default auto)")
+    fit.add_argument("--composite", choices=COMPOSITES,
+                     help="how the markers are composited per pixel (default max, the article's)")
+    fit.add_argument("--temperature", type=float, help="smoothmax's softmax temperature (default 1)")
     fit.add_argument("--dataset", choices=data.DATASETS, help="default digits (scikit-learn's, no files needed)")
     fit.add_argument("--train-limit", type=int, help="use the first N training images")
     fit.add_argument("--epochs", type=int, help="default 50")

@@ -127,7 +127,8 @@ def write_all(model: Autoencoder, images: torch.Tensor, animation: dict, out_dir
         stroke_tracks(images, commands, out / STROKES_PNG, connected=connected),
     ]
     upscaled = F.interpolate(images[:, None], size=(HIGH_RES, HIGH_RES), mode="nearest")[:, 0]
-    paths.append(comparison_grid(upscaled, draw(commands, HIGH_RES, model.backend), out / HIGH_RES_PNG, scale=1))
+    redrawn = draw(commands, HIGH_RES, model.backend, model.composite, model.temperature)
+    paths.append(comparison_grid(upscaled, redrawn, out / HIGH_RES_PNG, scale=1))
     if len(animation["frames"]):
         paths.append(training_animation(animation["frames"], animation["steps"], out / ANIMATION_GIF))
     return paths

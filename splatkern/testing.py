@@ -25,7 +25,7 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 
 from splatkern.checks import KERNEL_DTYPES, compute_dtype
-from splatkern.facts import FLUSH_EXPONENT
+from splatkern.facts import COMPOSITES, FLUSH_EXPONENT, UNIT_AMP_COMPOSITES
 from splatkern.ops import BACKENDS, available_backends, splat_render
 from splatkern.reference import splat_render_reference
 
@@ -47,6 +47,10 @@ __all__ = [
 WITH_ATOMIC_BACKWARD = ("cuda", "triton")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 DTYPES = (*KERNEL_DTYPES, *HALF_DTYPES)
+SOFT_COMPOSITES = tuple(c for c in COMPOSITES if c != "max")
+# The temperature the checks give smoothmax: low enough that the weights differ strongly across
+# markers, high enough that float32's rounding of v / t stays within the tolerances.
+CHECK_TEMPERATURE = 0.25
 
 
 def backward_modes(backend: str) -> tuple[bool, ...]:
@@ -99,11 +103,14 @@ TINY_SHAPES = [
 
 
 def make_markers(batch_shape, n_markers, height, width, *, dtype=torch.float32, device="cpu", seed=0,
-                 sigma_range=(0.3, 6.0), margin=4.0):
+                 sigma_range=(0.3, 6.0), margin=4.0, unit_amps=False):
     """Random markers: centres over the image and up to `margin` px outside it, log-uniform sigmas,
-    amplitudes in [-0.2, 1.2] (a few negative), and, for N > 2, marker 1 so far outside, with sigma 1,
-    that the fused kernels flush both its axis factors to zero in every dtype. Drawn on the CPU from
-    a generator seeded with `seed`: every device sees the same numbers, the global RNG is untouched."""
+    amplitudes in [-0.2, 1.2] (a few negative) or, with `unit_amps`, those clamped to [0, 1] (what
+    softor and over take: about one in seven is exactly 0 and one in seven exactly 1, and for N > 3
+    marker 0's is 1 and marker 3's 0 in every image), and, for
+    N > 2, marker 1 so far outside, with sigma 1, that the fused kernels flush both its axis factors
+    to zero in every dtype. Drawn on the CPU from a generator seeded with `seed`: every device sees
+    the same numbers, the global RNG is untouched."""
     gen = torch.Generator().manual_seed(seed)
     shape = (*batch_shape, n_markers)
     xy = torch.rand(*shape, 2, generator=gen, dtype=torch.float64)
@@ -111,6 +118,10 @@ def make_markers(batch_shape, n_markers, height, width, *, dtype=torch.float32, 
     lo, hi = torch.log(torch.tensor(sigma_range, dtype=torch.float64))
     sigmas = torch.exp(lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64))
     amps = 1.4 * torch.rand(*shape, generator=gen, dtype=torch.float64) - 0.2
+    if unit_amps:
+        amps = amps.clamp(0.0, 1.0)
+        if n_markers > 3:  # the edges of [0, 1] in every image
+            amps[..., 0], amps[..., 3] = 1.0, 0.0
     if n_markers > 2:
         means[..., 1, :] = torch.tensor([-40.0, height + 40.0], dtype=torch.float64)
         sigmas[..., 1] = 1.0
@@ -128,6 +139,16 @@ def separated_markers(device: str | torch.device) -> list[torch.Tensor]:
     means = torch.tensor([[1.2, 1.7], [5.6, 2.3], [3.1, 5.4]], dtype=torch.float64, device=device)
     sigmas = torch.tensor([0.9, 1.3, 1.1], dtype=torch.float64, device=device)
     amps = torch.tensor([0.7, 1.0, 0.85], dtype=torch.float64, device=device)
+    return [t.requires_grad_() for t in (means, sigmas, amps)]
+
+
+def overlapping_markers(device: str | torch.device) -> list[torch.Tensor]:
+    """Four float64 markers on 7 x 8 that require grad and overlap, one partly off the canvas, with
+    amplitudes inside (0, 1) (gradcheck's perturbations keep them there): the soft modes' gradient
+    reaches every marker at a pixel, so the cross terms between markers are checked."""
+    means = torch.tensor([[2.2, 2.7], [3.6, 3.3], [3.1, 4.4], [8.3, -0.6]], dtype=torch.float64, device=device)
+    sigmas = torch.tensor([1.4, 1.9, 1.1, 1.6], dtype=torch.float64, device=device)
+    amps = torch.tensor([0.7, 0.45, 0.9, 0.6], dtype=torch.float64, device=device)
     return [t.requires_grad_() for t in (means, sigmas, amps)]
 
 
@@ -166,10 +187,14 @@ def renderer(backend: str | Callable) -> Callable:
 
 
 def render_with_grads(backend, means, sigmas, amps, height, width, upstream, **kwargs):
-    """Image, winner map, and the gradients of sum(image * upstream) w.r.t. means, sigmas, amps.
-    `backend`: as renderer takes it."""
+    """Image, winner map (None for the soft composites, which have none), and the gradients of
+    sum(image * upstream) w.r.t. means, sigmas, amps. `backend`: as renderer takes it; `kwargs` go
+    to it (composite=, temperature=, deterministic=)."""
     leaves = [t.detach().clone().requires_grad_() for t in (means, sigmas, amps)]
-    image, index = renderer(backend)(*leaves, height=height, width=width, return_index=True, **kwargs)
+    if kwargs.get("composite", "max") == "max":
+        image, index = renderer(backend)(*leaves, height=height, width=width, return_index=True, **kwargs)
+    else:
+        image, index = renderer(backend)(*leaves, height=height, width=width, **kwargs), None
     if not image.requires_grad:  # the reference's image for N = 0 does not depend on the markers
         return image, index, [torch.zeros_like(t) for t in leaves]
     grads = torch.autograd.grad(image, leaves, upstream.to(image.dtype), allow_unused=True)
@@ -253,7 +278,7 @@ def _measure_layout(image, index, grads, dtype, device, shape) -> Measure:
     wrong = []
     if not (image.dtype == dtype and image.device == device and image.shape == shape):
         wrong.append(f"image is {image.dtype} on {image.device} with shape {list(image.shape)}")
-    if not (index.dtype == torch.int32 and index.device == device and index.shape == shape):
+    if index is not None and not (index.dtype == torch.int32 and index.device == device and index.shape == shape):
         wrong.append(f"winner map is {index.dtype} on {index.device} with shape {list(index.shape)}")
     wrong += [f"grad {name} is {g.dtype} on {g.device}" for name, g in zip(GRADIENT_NAMES, grads)
               if not (g.dtype == dtype and g.device == device)]
@@ -267,9 +292,9 @@ class Comparison:
 
     measures: list[Measure]
     image: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor | None  # None for the soft composites
     grads: list[torch.Tensor]
-    clear: torch.Tensor  # the pixels whose winner is certain
+    clear: torch.Tensor  # the pixels whose winner is certain (all, for the soft composites)
 
     @property
     def ok(self) -> bool:
@@ -279,46 +304,58 @@ class Comparison:
         return "; ".join(m.describe() for m in self.measures if not m.ok)
 
 
-def compare_with_reference(backend, means, sigmas, amps, height, width, *, clear=None, seed=0, **kwargs) -> Comparison:
+def compare_with_reference(backend, means, sigmas, amps, height, width, *, clear=None, seed=0, composite="max",
+                           temperature=1.0, **kwargs) -> Comparison:
     """The backend's image everywhere, and its winner map and gradients where the winner is clear
     (the upstream gradient is zero on other pixels, so none can send its gradient to the marker the
-    oracle did not pick), against the float64 oracle. `clear` defaults to clear_pixels(...); `kwargs`
-    go to the renderer (e.g. deterministic=True)."""
+    oracle did not pick), against the float64 oracle. `clear` defaults to clear_pixels(...) for
+    "max" and to every pixel for the soft composites, which are smooth; `kwargs` go to the renderer
+    (e.g. deterministic=True)."""
     dtype, device = means.dtype, means.device
+    mode = dict(composite=composite, temperature=temperature)
     if clear is None:
-        clear = clear_pixels(means, sigmas, amps, height, width)
+        clear = (clear_pixels(means, sigmas, amps, height, width) if composite == "max" else
+                 torch.ones(*means.shape[:-2], height, width, dtype=torch.bool, device=device))
     # Rounded to the dtype first: exactly what the op's backward receives.
     upstream = (random_like_image(clear.shape, device=device, seed=seed + 1) * clear).to(dtype)
-    image, index, grads = render_with_grads(backend, means, sigmas, amps, height, width, upstream, **kwargs)
+    image, index, grads = render_with_grads(backend, means, sigmas, amps, height, width, upstream, **mode, **kwargs)
     ref_image, ref_index, ref_grads = render_with_grads(
-        "reference", *(t.double() for t in (means, sigmas, amps)), height, width, upstream.double())
+        "reference", *(t.double() for t in (means, sigmas, amps)), height, width, upstream.double(), **mode)
 
     measures = [_measure_layout(image, index, grads, dtype, device, ref_image.shape)]
     if measures[0].ok:
-        measures += [measure_close("image", image, ref_image, *TOLERANCES[dtype][0]),
-                     _measure_winners(index, ref_index, clear), *measure_grads(grads, ref_grads, dtype)]
+        measures.append(measure_close("image", image, ref_image, *TOLERANCES[dtype][0]))
+        if composite == "max":
+            measures.append(_measure_winners(index, ref_index, clear))
+        measures += measure_grads(grads, ref_grads, dtype)
     return Comparison(measures, image, index, grads, clear)
 
 
-def gradcheck(backend, device, *, deterministic: bool = False) -> Measure:
-    """torch.autograd.gradcheck of the backend in float64 on three well-separated markers."""
+def gradcheck(backend, device, *, deterministic: bool = False, composite: str = "max",
+              temperature: float = CHECK_TEMPERATURE) -> Measure:
+    """torch.autograd.gradcheck of the backend in float64: on three well-separated markers for "max"
+    (no winner changes), on four overlapping ones for the soft composites."""
 
     def render(m, s, a):
-        return renderer(backend)(m, s, a, height=7, width=8, deterministic=deterministic)
+        return renderer(backend)(m, s, a, height=7, width=8, deterministic=deterministic, composite=composite,
+                                 temperature=temperature)
+
+    markers = separated_markers(device) if composite == "max" else overlapping_markers(device)
 
     # An atomic backward may add in any order: rounding-level differences between runs are allowed.
     nondet_tol = 1e-12 if backend in WITH_ATOMIC_BACKWARD and not deterministic else 0.0
     try:
         # Under the interpreter a backward call costs tens of ms: one random projection of the
         # Jacobian (fast mode, from gradcheck's own generator) instead of one backward per pixel.
-        torch.autograd.gradcheck(render, separated_markers(device), eps=1e-6, atol=1e-7, nondet_tol=nondet_tol,
+        torch.autograd.gradcheck(render, markers, eps=1e-6, atol=1e-7, nondet_tol=nondet_tol,
                                  fast_mode=is_interpreted(device, backend))
     except GradcheckError as error:
         return Measure("gradcheck", False, note=str(error), score=math.inf)
     return Measure("gradcheck", True)
 
 
-def repeatability(backend, device, shape: Shape | None = None) -> list[Measure]:
+def repeatability(backend, device, shape: Shape | None = None, *, composite: str = "max",
+                  temperature: float = CHECK_TEMPERATURE) -> list[Measure]:
     """deterministic=True three times: bit-identical image, winner map and gradients; and the atomic
     backward's gradients against the deterministic ones, up to the order of additions. The default
     shape gives a GPU many pixels per marker, so that the atomic backward sees contention."""
@@ -326,17 +363,19 @@ def repeatability(backend, device, shape: Shape | None = None) -> list[Measure]:
         on_gpu = torch.device(device).type == "cuda"
         shape = Shape((8,), 64, 64, 64, False) if on_gpu else Shape((3,), 20, 28, 28, False)
     batch, n_markers, height, width, _ = shape
-    means, sigmas, amps = make_markers(batch, n_markers, height, width, device=device, seed=8)
+    means, sigmas, amps = make_markers(batch, n_markers, height, width, device=device, seed=8,
+                                       unit_amps=composite in UNIT_AMP_COMPOSITES)
     upstream = random_like_image((*batch, height, width), device=device, seed=9).float()
-    runs = [render_with_grads(backend, means, sigmas, amps, height, width, upstream, deterministic=True)
+    mode = dict(composite=composite, temperature=temperature)
+    runs = [render_with_grads(backend, means, sigmas, amps, height, width, upstream, deterministic=True, **mode)
             for _ in range(3)]
     first = [runs[0][0], runs[0][1], *runs[0][2]]
     differ = [name for image, index, grads in runs[1:]
               for name, a, b in zip(("image", "winner map", *GRADIENT_NAMES), [image, index, *grads], first)
-              if not torch.equal(a, b)]
+              if not (a is None and b is None or torch.equal(a, b))]
     repeat = Measure("deterministic repeat", not differ, note=f"runs differ in {sorted(set(differ))}" if differ else "",
                      score=math.inf if differ else 0.0)
-    atomic = render_with_grads(backend, means, sigmas, amps, height, width, upstream, deterministic=False)[2]
+    atomic = render_with_grads(backend, means, sigmas, amps, height, width, upstream, deterministic=False, **mode)[2]
     return [repeat, *measure_grads(atomic, runs[0][2], torch.float32, label="atomic vs deterministic grad")]
 
 
@@ -442,37 +481,47 @@ def _cases(backend: str, device: torch.device, quick: bool) -> list[tuple[str, C
     interpreted = is_interpreted(device, backend)
     shapes = (TINY_SHAPES if interpreted else SHAPES)[:QUICK if quick else None]
     modes = backward_modes(backend)
-    # (dtype, shape, deterministic). float16 and bfloat16 run the float32 kernels: the quick check and
-    # the interpreter check the casts around them on one shape; the quick check takes one shape for
-    # the deterministic backward too.
-    compared = [(dtype, shape, False) for dtype in KERNEL_DTYPES for shape in shapes]
-    compared += [(dtype, shape, False) for dtype in HALF_DTYPES
-                 for shape in shapes[:1 if quick or interpreted else None]]
-    compared += [(dtype, shape, True) for dtype in KERNEL_DTYPES for shape in shapes[:1 if quick else None]
-                 if backend in WITH_ATOMIC_BACKWARD]
-    cases = [(f"{str(dtype).removeprefix('torch.')} {shape}" + (" deterministic" if deterministic else ""),
-              functools.partial(_compare_case, backend, device, dtype, shape, deterministic))
-             for dtype, shape, deterministic in compared]
-    for deterministic in modes[:1] if quick else modes:
-        cases.append(("gradcheck float64" + (" deterministic" if deterministic else ""),
-                      lambda deterministic=deterministic: [gradcheck(backend, device, deterministic=deterministic)]))
-    if backend in WITH_ATOMIC_BACKWARD and not quick:
-        shape = TINY_SHAPES[0] if interpreted else None
-        cases.append(("deterministic repeat float32", lambda: repeatability(backend, device, shape)))
+    # (composite, dtype, shape, deterministic). float16 and bfloat16 run the float32 kernels: the quick
+    # check and the interpreter check the casts around them on one shape; the quick check takes one
+    # shape for the deterministic backward too.
+    compared = []
+    for composite in COMPOSITES:
+        compared += [(composite, dtype, shape, False) for dtype in KERNEL_DTYPES for shape in shapes]
+        compared += [(composite, dtype, shape, False) for dtype in HALF_DTYPES
+                     for shape in shapes[:1 if quick or interpreted else None]]
+        compared += [(composite, dtype, shape, True) for dtype in KERNEL_DTYPES
+                     for shape in shapes[:1 if quick else None] if backend in WITH_ATOMIC_BACKWARD]
+    cases = [(f"{composite} {str(dtype).removeprefix('torch.')} {shape}" + (" deterministic" if deterministic else ""),
+              functools.partial(_compare_case, backend, device, composite, dtype, shape, deterministic))
+             for composite, dtype, shape, deterministic in compared]
+    for composite in COMPOSITES:
+        for deterministic in modes[:1] if quick else modes:
+            cases.append((f"{composite} gradcheck float64" + (" deterministic" if deterministic else ""),
+                          functools.partial(_gradcheck_case, backend, device, composite, deterministic)))
+        if backend in WITH_ATOMIC_BACKWARD and not quick:
+            shape = TINY_SHAPES[0] if interpreted else None
+            cases.append((f"{composite} deterministic repeat float32",
+                          functools.partial(repeatability, backend, device, shape, composite=composite)))
     return cases
 
 
-def _compare_case(backend, device, dtype, shape: Shape, deterministic: bool) -> list[Measure]:
+def _gradcheck_case(backend, device, composite, deterministic: bool) -> list[Measure]:
+    return [gradcheck(backend, device, deterministic=deterministic, composite=composite)]
+
+
+def _compare_case(backend, device, composite, dtype, shape: Shape, deterministic: bool) -> list[Measure]:
     inputs = make_markers(shape.batch, shape.n_markers, shape.height, shape.width, dtype=dtype, device=device,
-                          seed=shape.n_markers)
-    return compare_with_reference(backend, *inputs, shape.height, shape.width, deterministic=deterministic).measures
+                          seed=shape.n_markers, unit_amps=composite in UNIT_AMP_COMPOSITES)
+    return compare_with_reference(backend, *inputs, shape.height, shape.width, composite=composite,
+                                  temperature=CHECK_TEMPERATURE, deterministic=deterministic).measures
 
 
 def check_backend(backend: str, device: str | torch.device = "cpu", *, quick: bool = False) -> CheckReport:
-    """Check one backend on one device against the float64 reference: image, winner map and
-    gradients on a spread of shapes (N = 0, 1, 7, 64, 300; no, one and two leading dims; odd sizes,
-    H != W; markers outside the canvas) in every dtype of the contract, torch.autograd.gradcheck in
-    float64, and bit-identical repeats of the deterministic backward where the backend has one.
+    """Check one backend on one device against the float64 reference, in every composite mode: image,
+    winner map ("max") and gradients on a spread of shapes (N = 0, 1, 7, 64, 300; no, one and two
+    leading dims; odd sizes, H != W; markers outside the canvas; amps exactly 0 and 1 for softor and
+    over) in every dtype of the contract, torch.autograd.gradcheck in float64, and bit-identical
+    repeats of the deterministic backward where the backend has one.
     `quick` checks four shapes (a few seconds on a CPU). Mismatches are reported, not raised; an
     unknown or unavailable backend or device raises ValueError."""
     checked = _checked_device(device)

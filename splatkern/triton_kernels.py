@@ -27,6 +27,28 @@ combine is associative only because equal winners are contiguous after the sort.
 O(pixels x log^2 pixels) per program whatever N is. Sums are kept in the inputs' dtype (float32 or
 float64).
 
+The kernels above are the ``"max"`` composite's. The soft composites (``"softor"``, ``"over"``,
+``"smoothmax"``; the math of their derivatives is csrc/splat_cpu_soft.cpp's, stated there) have two
+more, each taking the mode as a constexpr, on the max forward's 4-D tiles and with its values to the
+bit (``v = g(dy) * (amp * g(dx))``, flushed the same way):
+
+* Soft forward: one program per (batch item, tile); per-pixel state in registers over a loop over the
+  markers: softor ``T *= 1 - v`` (then ``1 - T``); over ``acc += v * T; T *= 1 - v``, as the contract
+  writes it; smoothmax in two loops, the max ``M`` of all N values (a flushed value is 0 and counts),
+  then ``sum w`` and ``sum w v`` with ``w = exp((v - M) / t)``, flushed to 0 where that exponent
+  exceeds the flush exponent (as the C++ kernels do), so every temperature stays finite. ``1 / t`` is
+  read from a one-element tensor of the markers' dtype: Triton passes a Python float as float32.
+* Soft backward: one program per (batch item, tile). It first recomputes the tile's per-pixel state
+  from the markers (softor/over: ``Q``, the product of the nonzero factors ``1 - v``, and ``Z``, the
+  count of zero ones; smoothmax: ``M``, ``1 / sum w`` and the image, in the forward's two loops), then,
+  marker by marker, each pixel's ``h = g * (d out / d v) * e`` (``e`` the bare Gaussian) and the four
+  sums ``sum h``, ``sum h dx``, ``sum h dy``, ``sum h (dx^2 + dy^2)`` over the tile (``tl.sum``),
+  scaled by the marker's ``amp / s^2`` (``amp / s^3``) and added with four atomics per marker per
+  program, or, with ``deterministic=True``, written to a ``[B, tiles, 4, N]`` buffer (every entry
+  written) that ``_sum_partials_kernel`` sums in tile order. No memory beyond that buffer: O(N) per
+  tile, never ``[B, N, H, W]``. The work is O(pixels x N) per program for both (every marker touches
+  every pixel; there is no support skipping).
+
 Block sizes: a fixed table (``_forward_config`` and the two below it) rather than autotuning, so
 launches stay cheap and reproducible and run under the interpreter, where multi-config autotune
 fails. The table holds the fastest of bench/triton_sweep.py's candidates at the GPU benchmark's two
@@ -47,11 +69,23 @@ fits in the registers ptxas gives it for sm_80 and sm_90, float32 and float64, w
                   num_warps = 1                               stay in a warp (more warps or more
                                                               pixels per program are slower)
     sum partials  BLOCK_N = min(p2(N), 256), num_warps = 4    coalesced rows of the partials buffer
+    soft forward  num_warps = 1, lanes 4 rows x 8 columns     the largest patches whose state (T;
+                  ROW_REPEATS = min(p2(cdiv(H, 4)), R)        acc, T; M, sum w, sum w v) leaves
+                  COL_REPEATS = min(p2(cdiv(W, 8)), C)        ptxas room: at most ~170 registers
+                  R x C: softor 8 x 8 (float64 8 x 4),        (larger patches reach 240-255 or
+                  over 8 x 4 (4 x 4), smoothmax 8 x 4 (4 x 2) spill)
+    soft          as the soft forward, R x C: 4 x 4           g and the state (Q, Z; M, 1 / sum w,
+    backward      (float64 4 x 2) in every mode               out) per pixel, and per marker e, v,
+                                                              d out / d v, h: at most ~210 registers
     ============  ==========================================  ========================================
 
+The soft blocks are chosen by register use alone (no GPU timing yet: bench/triton_sweep.py
+``--composite`` times their candidates).
+
 Value checks ride along: the first tile of each image ORs its markers' flaw bits (non-finite means,
-sigmas or amps, sigmas <= 0; splatkern/facts.py ``FLAW_BIT``) into a one-word buffer, and the backward
-flags winner-map values outside [0, N) (and skips them); the launchers read the word back, one host
+sigmas or amps, sigmas <= 0, and for softor and over amps outside [0, 1]; splatkern/facts.py
+``FLAW_BIT``) into a one-word buffer, and the max backward flags winner-map values outside [0, N) (and
+skips them; the soft backward reads no index and checks nothing); the launchers read the word back, one host
 sync per call, and raise (splatkern/checks.py) - except while a CUDA graph is being captured, where a
 sync is illegal and the check is skipped.
 
@@ -75,7 +109,7 @@ from splatkern.checks import (
     raise_bad_index,
     raise_marker_flaws,
 )
-from splatkern.facts import FLAW_BIT, FLUSH_EXPONENT
+from splatkern.facts import COMPOSITES, FLAW_BIT, FLUSH_EXPONENT
 
 # Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
 _PARTIALS = tl.constexpr(4)
@@ -85,6 +119,11 @@ _MEANS_NONFINITE = tl.constexpr(FLAW_BIT["means_nonfinite"])
 _SIGMAS_NONFINITE = tl.constexpr(FLAW_BIT["sigmas_nonfinite"])
 _SIGMAS_NONPOSITIVE = tl.constexpr(FLAW_BIT["sigmas_nonpositive"])
 _AMPS_NONFINITE = tl.constexpr(FLAW_BIT["amps_nonfinite"])
+_AMPS_OUTSIDE_UNIT = tl.constexpr(FLAW_BIT["amps_outside_unit"])
+# The soft composites' indices in facts.COMPOSITES, as the soft kernels' COMPOSITE takes them.
+_SOFTOR = tl.constexpr(COMPOSITES.index("softor"))
+_OVER = tl.constexpr(COMPOSITES.index("over"))
+_SMOOTHMAX = tl.constexpr(COMPOSITES.index("smoothmax"))
 
 
 def _flush_exponent(dtype: torch.dtype) -> float:
@@ -342,6 +381,245 @@ def _sum_partials_kernel(
     tl.store(grad_sigmas_ptr + marker_base + marker, sum_sigma, mask=live)
 
 
+# --- the soft composites (softor, over, smoothmax) ---------------------------------------------------
+
+
+@triton.jit
+def _tile_pixels(tile, tiles_across, ROW_REPEATS: tl.constexpr, COL_REPEATS: tl.constexpr, ROW_SPAN: tl.constexpr,
+                 COL_SPAN: tl.constexpr):
+    """The rows [R, 1, RS, 1] and columns [1, C, 1, CS] of a 4-D tile, laid out as the max forward's."""
+    rows = (
+        (tile // tiles_across) * (ROW_REPEATS * ROW_SPAN)
+        + tl.arange(0, ROW_REPEATS)[:, None, None, None] * ROW_SPAN
+        + tl.arange(0, ROW_SPAN)[None, None, :, None]
+    )
+    cols = (
+        (tile % tiles_across) * (COL_REPEATS * COL_SPAN)
+        + tl.arange(0, COL_REPEATS)[None, :, None, None] * COL_SPAN
+        + tl.arange(0, COL_SPAN)[None, None, None, :]
+    )
+    return rows, cols
+
+
+@triton.jit
+def _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker):
+    mx = tl.load(means_ptr + 2 * marker)
+    my = tl.load(means_ptr + 2 * marker + 1)
+    sigma = tl.load(sigmas_ptr + marker)
+    amp = tl.load(amps_ptr + marker)
+    return mx, my, sigma, amp
+
+
+@triton.jit
+def _marker_factors(x, y, mx, my, sigma, amp, flush):
+    """A marker's flushed row factors g(dy) [R, 1, RS, 1] and amp-scaled column factors amp * g(dx)
+    [1, C, 1, CS]: their product is its value v at every pixel of the tile, to the bit the max
+    forward's."""
+    inv_2s2 = 0.5 / (sigma * sigma)
+    return _axis_factor(y - my, inv_2s2, flush), amp * _axis_factor(x - mx, inv_2s2, flush)
+
+
+@triton.jit
+def _smoothmax_weight(max_value, value, inv_t, flush):
+    """exp((v - M) / t) for v <= M, flushed to 0 where the exponent exceeds the flush exponent (a
+    weight below sqrt(smallest normal), against M's own weight 1), as the C++ kernels do."""
+    exponent = (max_value - value) * inv_t
+    return tl.where(exponent > flush, 0.0, _exp_neg(exponent))
+
+
+@triton.jit
+def _soft_forward_kernel(
+    means_ptr,
+    sigmas_ptr,
+    amps_ptr,
+    inv_t_ptr,
+    image_ptr,
+    flaws_ptr,
+    n_markers,
+    height,
+    width,
+    tiles_across,
+    tiles_per_image,
+    FLUSH: tl.constexpr,
+    COMPOSITE: tl.constexpr,
+    ROW_REPEATS: tl.constexpr,
+    COL_REPEATS: tl.constexpr,
+    ROW_SPAN: tl.constexpr,
+    COL_SPAN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = (pid // tiles_per_image).to(tl.int64)
+    tile = pid % tiles_per_image
+    rows, cols = _tile_pixels(tile, tiles_across, ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN)
+    dtype = means_ptr.dtype.element_ty
+    flush = tl.full([], FLUSH, dtype)
+    marker_base = b * n_markers
+
+    if tile == 0:  # as the max forward: one tile per image checks its markers
+        for n0 in range(0, n_markers, _FLAW_BLOCK):
+            marker = n0 + tl.arange(0, _FLAW_BLOCK)
+            live = marker < n_markers
+            amp = tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0)
+            _report_flaws(
+                tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0),
+                tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0),
+                tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0),
+                amp, live, flaws_ptr,
+            )  # fmt: skip
+            if COMPOSITE != _SMOOTHMAX:  # coverages: 0 <= amp <= 1 (NaN is amps_nonfinite's)
+                outside = tl.max((live & ((amp < 0) | (amp > 1))).to(tl.int32))
+                tl.atomic_or(flaws_ptr, outside * _AMPS_OUTSIDE_UNIT, mask=outside != 0)
+
+    y, x = rows.to(dtype), cols.to(dtype)
+    if COMPOSITE == _SMOOTHMAX:
+        # Two passes over the markers: the max M of all N values (flushed ones are 0 and count), then
+        # the sums of w = exp((v - M) / t) and w v; out = sum w v / sum w, sum w >= 1 (M's own weight).
+        inv_t = tl.load(inv_t_ptr)
+        max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            max_value = tl.maximum(max_value, row_factors * col_factors)
+        weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+        weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            values = row_factors * col_factors
+            w = _smoothmax_weight(max_value, values, inv_t, flush)
+            weights += w
+            weighted += w * values
+        out = weighted / weights
+    elif COMPOSITE == _OVER:
+        # Front to back, as the contract writes it: acc += v T; T *= 1 - v.
+        out = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+        transmittance = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            values = row_factors * col_factors
+            out += values * transmittance
+            transmittance *= 1.0 - values
+    else:  # softor: 1 - prod (1 - v)
+        transmittance = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            transmittance *= 1.0 - row_factors * col_factors
+        out = 1.0 - transmittance
+
+    offsets = b * height * width + rows * width + cols
+    inside = (rows < height) & (cols < width)
+    tl.store(image_ptr + offsets, out, mask=inside)
+
+
+@triton.jit
+def _soft_backward_kernel(
+    grad_image_ptr,
+    means_ptr,
+    sigmas_ptr,
+    amps_ptr,
+    inv_t_ptr,
+    grad_means_ptr,
+    grad_sigmas_ptr,
+    grad_amps_ptr,
+    partials_ptr,
+    n_markers,
+    height,
+    width,
+    tiles_across,
+    tiles_per_image,
+    FLUSH: tl.constexpr,
+    COMPOSITE: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
+    ROW_REPEATS: tl.constexpr,
+    COL_REPEATS: tl.constexpr,
+    ROW_SPAN: tl.constexpr,
+    COL_SPAN: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = (pid // tiles_per_image).to(tl.int64)
+    tile = pid % tiles_per_image
+    rows, cols = _tile_pixels(tile, tiles_across, ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN)
+    dtype = means_ptr.dtype.element_ty
+    flush = tl.full([], FLUSH, dtype)
+    marker_base = b * n_markers
+    inside = (rows < height) & (cols < width)
+    g = tl.load(grad_image_ptr + b * height * width + rows * width + cols, mask=inside, other=0.0)
+    y, x = rows.to(dtype), cols.to(dtype)
+
+    # Pass 1: the per-pixel state the derivative needs, recomputed from the markers.
+    if COMPOSITE == _SMOOTHMAX:  # M, 1 / sum w and out, as the forward computes them
+        inv_t = tl.load(inv_t_ptr)
+        max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            max_value = tl.maximum(max_value, row_factors * col_factors)
+        weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+        weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            values = row_factors * col_factors
+            w = _smoothmax_weight(max_value, values, inv_t, flush)
+            weights += w
+            weighted += w * values
+        out = weighted / weights
+        inv_weights = 1.0 / weights
+    else:  # softor and over: Q, the product of the nonzero factors 1 - v, and Z, the count of zero ones
+        product = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
+        zeros = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], tl.int32)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            factor = 1.0 - row_factors * col_factors
+            product *= tl.where(factor == 0.0, 1.0, factor)
+            zeros += (factor == 0.0).to(tl.int32)
+
+    # Pass 2: each marker's h = g (d out / d v) e summed over the tile, four sums per marker.
+    partials_base = ((b * tiles_per_image + tile) * _PARTIALS) * n_markers
+    for n in range(0, n_markers):
+        mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+        inv_2s2 = 0.5 / (sigma * sigma)
+        dx = x - mx
+        dy = y - my
+        row_factors = _axis_factor(dy, inv_2s2, flush)
+        col_factors = _axis_factor(dx, inv_2s2, flush)
+        bare = row_factors * col_factors  # e, the bare Gaussian
+        values = row_factors * (amp * col_factors)  # v, to the bit pass 1's
+        if COMPOSITE == _SMOOTHMAX:
+            w = _smoothmax_weight(max_value, values, inv_t, flush) * inv_weights
+            d_out = w * (1.0 + (values - out) * inv_t)
+        else:
+            # prod_{m != n} (1 - v_m): Q / (1 - v_n) with no zero factor; Q for the one marker whose
+            # factor is 0; else 0. The division is by a nonzero factor, so nothing blows up at v = 1.
+            factor = 1.0 - values
+            zero = factor == 0.0
+            d_out = tl.where(zeros == 0, product / tl.where(zero, 1.0, factor),
+                             tl.where((zeros == 1) & zero, product, 0.0))  # fmt: skip
+        h = g * d_out * bare  # 0 outside the image, where g is 0
+        sum_h = tl.sum(h)
+        sum_dx = tl.sum(h * dx)
+        sum_dy = tl.sum(h * dy)
+        sum_sq = tl.sum(h * (dx * dx + dy * dy))
+        scale = amp * (2 * inv_2s2)  # amp / s^2
+        d_mx = scale * sum_dx
+        d_my = scale * sum_dy
+        d_sigma = scale / sigma * sum_sq  # amp / s^3
+        if DETERMINISTIC:  # this tile's (amp, mx, my, sigma) terms, summed in tile order afterwards
+            tl.store(partials_ptr + partials_base + n, sum_h)
+            tl.store(partials_ptr + partials_base + n_markers + n, d_mx)
+            tl.store(partials_ptr + partials_base + 2 * n_markers + n, d_my)
+            tl.store(partials_ptr + partials_base + 3 * n_markers + n, d_sigma)
+        else:
+            marker = marker_base + n
+            tl.atomic_add(grad_amps_ptr + marker, sum_h, sem="relaxed")
+            tl.atomic_add(grad_means_ptr + 2 * marker, d_mx, sem="relaxed")
+            tl.atomic_add(grad_means_ptr + 2 * marker + 1, d_my, sem="relaxed")
+            tl.atomic_add(grad_sigmas_ptr + marker, d_sigma, sem="relaxed")
+
+
 # Host-side block arithmetic in plain Python: triton.cdiv and triton.next_power_of_2 are
 # constexpr_function objects, whose calls cost more host time than the launches around them.
 def _p2(value: int) -> int:
@@ -375,6 +653,48 @@ def _wide_keys(n_markers: int, block_pix: int) -> bool:
 
 def _sum_partials_config(n_markers: int) -> dict:
     return dict(BLOCK_N=min(_p2(n_markers), 256), num_warps=4)
+
+
+# The soft kernels' per-thread patch caps (ROW_REPEATS, COL_REPEATS) by (composite, dtype): the
+# largest patches whose per-pixel state fits the registers with no spills (the table in the module
+# docstring; tests/test_triton_compile.py checks them).
+_SOFT_FORWARD_REPEATS = {
+    ("softor", torch.float32): (8, 8), ("softor", torch.float64): (8, 4),
+    ("over", torch.float32): (8, 4), ("over", torch.float64): (4, 4),
+    ("smoothmax", torch.float32): (8, 4), ("smoothmax", torch.float64): (4, 2),
+}  # fmt: skip
+_SOFT_BACKWARD_REPEATS = {
+    ("softor", torch.float32): (4, 4), ("softor", torch.float64): (4, 2),
+    ("over", torch.float32): (4, 4), ("over", torch.float64): (4, 2),
+    ("smoothmax", torch.float32): (4, 4), ("smoothmax", torch.float64): (4, 2),
+}  # fmt: skip
+
+
+def _soft_config(height: int, width: int, repeats: tuple[int, int]) -> dict:
+    """A soft kernel's 4-D tile: one warp, its lanes as 4 rows x 8 columns, each thread a patch of at
+    most `repeats` rows x columns, no larger than the image needs."""
+    max_rows, max_cols = repeats
+    return dict(
+        ROW_REPEATS=min(_p2(_cdiv(height, 4)), max_rows),
+        COL_REPEATS=min(_p2(_cdiv(width, 8)), max_cols),
+        ROW_SPAN=4,
+        COL_SPAN=8,
+        num_warps=1,
+    )
+
+
+def _soft_forward_config(height: int, width: int, dtype: torch.dtype, composite: str) -> dict:
+    return _soft_config(height, width, _SOFT_FORWARD_REPEATS[composite, dtype])
+
+
+def _soft_backward_config(height: int, width: int, dtype: torch.dtype, composite: str) -> dict:
+    return _soft_config(height, width, _SOFT_BACKWARD_REPEATS[composite, dtype])
+
+
+def _inverse_temperature(means: torch.Tensor, composite: str, temperature: float) -> torch.Tensor | None:
+    """1 / temperature in the markers' dtype on their device, for smoothmax (None otherwise): a
+    tensor, since Triton passes a Python float argument as float32."""
+    return means.new_full((1,), 1.0 / temperature) if composite == "smoothmax" else None
 
 
 def _on_device(tensor: torch.Tensor):
@@ -411,15 +731,17 @@ def forward(
     composite: str = "max",
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...];
-    ValueError if a marker's values are not finite or a sigma is <= 0. `config`: block sizes other
-    than ``_forward_config``'s (bench/triton_sweep.py times them)."""
+    """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...] for
+    ``composite="max"``; for the soft composites the image and an empty int32 index [B, 0, 0].
+    ValueError if a marker's values are not finite, a sigma is <= 0 or, for softor and over, an amp
+    lies outside [0, 1]. `config`: block sizes other than ``_forward_config``'s (or, for the soft
+    composites, ``_soft_forward_config``'s; bench/triton_sweep.py times them)."""
     check_markers(means, sigmas, amps, flat=True)
     check_canvas(height, width)
     check_composite(composite, temperature)
-    if composite != "max":
-        raise NotImplementedError("splat_render: the Triton backend composites with 'max' only so far")
     _check_pixel_count(height, width)
+    if composite != "max":
+        return _soft_forward(means, sigmas, amps, height, width, config, composite, temperature)
     batch, n_markers = sigmas.shape
     if n_markers == 0:
         return (
@@ -460,14 +782,16 @@ def backward(
     composite: str = "max",
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the image w.r.t. means, sigmas and amps, each pixel's going to its winner.
-    `config`: block sizes other than ``_backward_config``'s (bench/triton_sweep.py times them)."""
+    """Gradients of the image w.r.t. means, sigmas and amps: with ``"max"`` each pixel's going to its
+    winner in `index`; with the soft composites to every marker (`index` is ignored). `config`: block
+    sizes other than ``_backward_config``'s (soft composites: ``_soft_backward_config``'s;
+    bench/triton_sweep.py times them)."""
     check_composite(composite, temperature)
     check_backward_layout(grad_image, means, sigmas, amps, index, composite)
-    if composite != "max":
-        raise NotImplementedError("splat_render: the Triton backend composites with 'max' only so far")
     height, width = grad_image.shape[1:]
     _check_pixel_count(height, width)
+    if composite != "max":
+        return _soft_backward(grad_image, means, sigmas, amps, deterministic, config, composite, temperature)
     batch, n_markers = sigmas.shape
     grads = [torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)]
     if not deterministic:  # the kernel adds into them; the deterministic sums write every element
@@ -497,4 +821,63 @@ def backward(
             )
     if not capturing:
         raise_bad_index(bool(bad_index.item()), n_markers)  # the call's one host sync
+    return grad_means, grad_sigmas, grad_amps
+
+
+def _soft_forward(means, sigmas, amps, height, width, config, composite, temperature):
+    """forward() of softor, over and smoothmax: the image and an empty [B, 0, 0] index (no winner)."""
+    batch, n_markers = sigmas.shape
+    index = torch.empty(batch, 0, 0, dtype=torch.int32, device=means.device)
+    if n_markers == 0:
+        return means.new_zeros(batch, height, width), index
+    image = means.new_empty(batch, height, width)
+    if batch == 0:
+        return image, index
+    config = config or _soft_forward_config(height, width, means.dtype, composite)
+    tiles_across = _cdiv(width, config["COL_REPEATS"] * config["COL_SPAN"])
+    tiles_per_image = _cdiv(height, config["ROW_REPEATS"] * config["ROW_SPAN"]) * tiles_across
+    capturing = _capturing(means)
+    flaws = _flag_word(means.device, capturing)
+    with _on_device(means):
+        _soft_forward_kernel[(batch * tiles_per_image,)](
+            means.contiguous(), sigmas.contiguous(), amps.contiguous(),
+            _inverse_temperature(means, composite, temperature), image, flaws,
+            n_markers, height, width, tiles_across, tiles_per_image,
+            FLUSH=_flush_exponent(means.dtype), COMPOSITE=COMPOSITES.index(composite), **config,
+        )  # fmt: skip
+    if not capturing:
+        raise_marker_flaws(int(flaws.item()))  # the call's one host sync
+    return image, index
+
+
+def _soft_backward(grad_image, means, sigmas, amps, deterministic, config, composite, temperature):
+    """backward() of softor, over and smoothmax: every marker's gradient from every pixel. No host
+    sync: the forward checked the values."""
+    height, width = grad_image.shape[1:]
+    batch, n_markers = sigmas.shape
+    grads = [torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)]
+    if not deterministic:  # the kernel adds into them; the deterministic sums write every element
+        torch._foreach_zero_(grads)
+    grad_means, grad_sigmas, grad_amps = grads
+    if n_markers == 0 or batch == 0:
+        return grad_means, grad_sigmas, grad_amps
+    config = config or _soft_backward_config(height, width, means.dtype, composite)
+    tiles_across = _cdiv(width, config["COL_REPEATS"] * config["COL_SPAN"])
+    tiles_per_image = _cdiv(height, config["ROW_REPEATS"] * config["ROW_SPAN"]) * tiles_across
+    # Every program writes its tile's four sums of every marker: no zero fill needed.
+    partials = means.new_empty(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
+    with _on_device(means):
+        _soft_backward_kernel[(batch * tiles_per_image,)](
+            grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(),
+            _inverse_temperature(means, composite, temperature), grad_means, grad_sigmas, grad_amps, partials,
+            n_markers, height, width, tiles_across, tiles_per_image,
+            FLUSH=_flush_exponent(means.dtype), COMPOSITE=COMPOSITES.index(composite), DETERMINISTIC=deterministic,
+            **config,
+        )  # fmt: skip
+        if deterministic:
+            sum_config = _sum_partials_config(n_markers)
+            blocks_per_image = _cdiv(n_markers, sum_config["BLOCK_N"])
+            _sum_partials_kernel[(batch * blocks_per_image,)](
+                partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
+            )
     return grad_means, grad_sigmas, grad_amps

@@ -230,6 +230,11 @@ T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
   emulator::check_full(mask);
   return emulator::from_lane(value, emulator::linear_thread() % 32 - int(delta), "__shfl_up_sync");
 }
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  emulator::check_full(mask);
+  return emulator::from_lane(value, (emulator::linear_thread() % 32) ^ lane_mask, "__shfl_xor_sync");
+}
 inline void __syncwarp() {
   emulator::across_warp(0, "__syncwarp", [](const auto&, int) { return 0; });
 }
@@ -295,6 +300,38 @@ int backward(int64_t deterministic, const scalar_t* grad_image, const scalar_t* 
   }
 }
 
+// The soft composites (composite: splatkern::Composite, not kMax; N = 0 allowed).
+template <typename scalar_t>
+int soft_forward(int64_t composite, double temperature, const scalar_t* means, const scalar_t* sigmas,
+                 const scalar_t* amps, int64_t batch, int64_t n_markers, int64_t height, int64_t width,
+                 scalar_t* image, int32_t* flaws, char* message, int message_size) {
+  try {
+    launch_soft_forward(emulated_launch, splatkern::Composite(composite), temperature, means, sigmas, amps, batch,
+                        int(n_markers), int(height), int(width), image, flaws);
+    return 0;
+  } catch (const std::exception& error) {
+    return fail(error, message, message_size);
+  }
+}
+
+// The gradients must arrive zeroed (launch_soft_backward's rule for the atomic kernel).
+template <typename scalar_t>
+int soft_backward(int64_t deterministic, int64_t composite, double temperature, const scalar_t* grad_image,
+                  const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t batch,
+                  int64_t n_markers, int64_t height, int64_t width, scalar_t* grad_means, scalar_t* grad_sigmas,
+                  scalar_t* grad_amps, char* message, int message_size) {
+  try {
+    std::vector<Terms<scalar_t>> partials(
+        deterministic ? soft_deterministic_partials<scalar_t>(batch, height, width, n_markers) : 0);
+    launch_soft_backward(emulated_launch, splatkern::Composite(composite), temperature, deterministic != 0,
+                         grad_image, means, sigmas, amps, batch, int(n_markers), int(height), int(width), grad_means,
+                         grad_sigmas, grad_amps, partials.data());
+    return 0;
+  } catch (const std::exception& error) {
+    return fail(error, message, message_size);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -316,5 +353,23 @@ int backward_double(int64_t det, const double* g, const double* m, const double*
                     int64_t b, int64_t n, int64_t h, int64_t w, double* gm, double* gs, double* ga, int32_t* bad,
                     char* message, int size) {
   return backward(det, g, m, s, a, index, b, n, h, w, gm, gs, ga, bad, message, size);
+}
+int soft_forward_float(int64_t c, double t, const float* m, const float* s, const float* a, int64_t b, int64_t n,
+                       int64_t h, int64_t w, float* image, int32_t* flaws, char* message, int size) {
+  return soft_forward(c, t, m, s, a, b, n, h, w, image, flaws, message, size);
+}
+int soft_forward_double(int64_t c, double t, const double* m, const double* s, const double* a, int64_t b, int64_t n,
+                        int64_t h, int64_t w, double* image, int32_t* flaws, char* message, int size) {
+  return soft_forward(c, t, m, s, a, b, n, h, w, image, flaws, message, size);
+}
+int soft_backward_float(int64_t det, int64_t c, double t, const float* g, const float* m, const float* s,
+                        const float* a, int64_t b, int64_t n, int64_t h, int64_t w, float* gm, float* gs, float* ga,
+                        char* message, int size) {
+  return soft_backward(det, c, t, g, m, s, a, b, n, h, w, gm, gs, ga, message, size);
+}
+int soft_backward_double(int64_t det, int64_t c, double t, const double* g, const double* m, const double* s,
+                         const double* a, int64_t b, int64_t n, int64_t h, int64_t w, double* gm, double* gs,
+                         double* ga, char* message, int size) {
+  return soft_backward(det, c, t, g, m, s, a, b, n, h, w, gm, gs, ga, message, size);
 }
 }

@@ -23,67 +23,25 @@ from splatkern.testing import (DTYPES, KERNEL_DTYPES, SHAPES, backward_modes, gr
                                separated_markers)
 from support import (
     ALL_CASES,
+    COMPARED_CASES,
+    CPP_CASES,
+    CUDA_CASES,
+    CUDA_FUSED_CASES,
     FUSED_CASES,
     FUSED_OPS,
     TOLERANCES,
-    WITH_ATOMIC_BACKWARD,
     assert_grads_close,
     assert_matches_reference,
     check_axis_factors_flush_at_the_contract_exponent,
     check_exact_ties_go_to_the_lowest_index,
     clear_pixels,
-    is_interpreted,
+    contract_matrix,
     make_markers,
     random_like_image,
     render_with_grads,
     require,
+    with_modes,
 )
-
-CUDA_FUSED_CASES = [case for case in FUSED_CASES if case.values[0] == "cuda"]
-CUDA_CASES = [case for case in ALL_CASES if case.values[0] == "cuda"]
-# Where the reference backend is compared with the float64 oracle: on CPU it is the oracle itself, up to
-# the wrapper's dtype casts, which every other case runs too; on CUDA it also runs on another device.
-COMPARED_CASES = [*FUSED_CASES, *(case for case in CUDA_CASES if case.values[1] == "reference")]
-CPP_CASES = [case for case in FUSED_CASES if case.values[1] in ("cpu", "cuda")]
-
-
-def mode_id(backend: str, deterministic: bool) -> str:
-    if backend not in WITH_ATOMIC_BACKWARD:
-        return ""
-    return "-deterministic" if deterministic else "-atomic"
-
-
-def with_modes(cases):
-    """(device, backend, deterministic) for each case and each of its backward modes."""
-    return [
-        pytest.param(*case.values, deterministic, marks=case.marks, id=case.id + mode_id(case.values[1], deterministic))
-        for case in cases
-        for deterministic in backward_modes(case.values[1])
-    ]
-
-
-def contract_matrix(cases, dtypes, shapes):
-    """(device, backend, dtype, deterministic, shape) for every case, with the deterministic backward
-    of the backends that have one in the kernels' own dtypes. The interpreted case is marked skip,
-    with the reason, for shapes too slow for the interpreter and for float16/bfloat16, which run the
-    very float32 kernels it checks (cuda-triton runs all of them)."""
-    params = []
-    for case in cases:
-        device, backend = case.values
-        for dtype in dtypes:
-            for deterministic in backward_modes(backend) if dtype in KERNEL_DTYPES else (False,):
-                for shape in shapes:
-                    marks = list(case.marks)
-                    if is_interpreted(device, backend) and not shape.interpreted:
-                        marks.append(pytest.mark.skip(reason="Triton interpreter: shape too slow for it (cuda-triton runs it)"))
-                    elif is_interpreted(device, backend) and dtype not in KERNEL_DTYPES:
-                        marks.append(pytest.mark.skip(reason="Triton interpreter: float16/bfloat16 run the float32 kernels "
-                                                             "it checks (cuda-triton runs them)"))
-                    dtype_id = str(dtype).removeprefix("torch.")
-                    params.append(pytest.param(device, backend, dtype, deterministic, shape, marks=marks,
-                                               id=f"{case.id}-{dtype_id}{mode_id(backend, deterministic)}-{shape}"))
-    return params
-
 
 # --- the contract's values, winners and gradients ---------------------------------------------------
 

@@ -122,6 +122,7 @@ def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [(["train", "--epochs", "many"], "argument --epochs: invalid int value"),
                                            (["train", "--model", "cube"], "argument --model: invalid choice"),
+                                           (["train", "--composite", "sum"], "argument --composite: invalid choice"),
                                            (["paint"], "invalid choice: 'paint'"),
                                            (["check", "--fast"], "unrecognized arguments: --fast")])
 def test_bad_flags_exit_2_with_usage(capsys, argv, message):
@@ -162,3 +163,10 @@ def test_check_exit_code_follows_the_reports(monkeypatch, capsys, oks, code):
 
 def test_the_command_line_and_the_library_share_the_run_directory():
     assert cli.TRAIN_OUT == train.TrainConfig().out_dir
+
+
+def test_composite_and_temperature_flags_reach_the_model_config(tmp_path):
+    config = cli._train_config(cli._parser().parse_args(["train", "--composite", "smoothmax", "--temperature", "0.2",
+                                                         "--out", str(tmp_path)]))
+    assert (config.model.composite, config.model.temperature) == ("smoothmax", 0.2)
+    assert cli._train_config(cli._parser().parse_args(["train", "--out", str(tmp_path)])).model.composite == "max"

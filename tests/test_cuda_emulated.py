@@ -1,9 +1,11 @@
 """The CUDA kernels themselves (csrc/splat_cuda_kernels.cuh), run on the CPU by tests/cuda_emulator.cpp,
 against the contract: values, winners and gradients of both backward modes, the tie rule, the flush
 cut-off, the in-kernel value and index checks, and a deterministic backward whose bits do not depend
-on the order threads run in. The emulator runs each block's threads as fibers that meet at every
-__syncthreads and warp shuffle, resumed in a seeded random order, so these tests prove the kernels'
-indexing, tiling, shared memory, shuffles and atomics where there is no GPU. What they cannot prove
+on the order threads run in; and the same for the soft composites' kernels (softor, over, smoothmax),
+whose values and gradients are compared on every pixel with autograd of the float64 oracle. The
+emulator runs each block's threads as fibers that meet at every __syncthreads and warp shuffle,
+resumed in a seeded random order, so these tests prove the kernels' indexing, tiling, shared memory,
+shuffles and atomics where there is no GPU. What they cannot prove
 (fast-math exponentials, the PTX of keep_greater<float>, timing) the GPU tests and test_cuda_sass.py
 cover. The host code around the kernels (allocation, N = 0, layout checks) is tested on a GPU only.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,12 +22,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatkern.facts import FLAW_MESSAGES
+from splatkern.facts import COMPOSITES, FLAW_BIT, FLAW_MESSAGES, UNIT_AMP_COMPOSITES
+from splatkern.reference import splat_render_reference
+from splatkern.testing import measure_close
 from support import (
+    TOLERANCES,
     assert_matches_reference,
     check_axis_factors_flush_at_the_contract_exponent,
     check_exact_ties_go_to_the_lowest_index,
     make_markers,
+    measure_grads,
     random_like_image,
 )
 
@@ -52,9 +59,10 @@ def emulator(tmp_path_factory) -> ctypes.CDLL:
 
 
 def call(function, *args) -> None:
-    """Calls an entry point of the emulator: tensors pass as pointers, ints as int64."""
+    """Calls an entry point of the emulator: tensors pass as pointers, ints as int64, floats as double."""
     message = ctypes.create_string_buffer(2000)
-    converted = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int64(a) for a in args]
+    converted = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else
+                 ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a) for a in args]
     if function(*converted, message, ctypes.c_int(len(message))) != 0:
         raise RuntimeError(f"CUDA emulator: {message.value.decode()}")
 
@@ -128,9 +136,15 @@ class _Render(torch.autograd.Function):
 
 
 def emulated_cuda(emulator):
-    """The emulated CUDA kernels with splat_render's signature (any leading dims, N >= 1)."""
+    """The emulated CUDA kernels with splat_render's signature (any leading dims, N >= 1 for "max"):
+    the soft composites go to emulated_soft's kernels, and have no winner map (None)."""
 
-    def render(means, sigmas, amps, *, height, width, return_index=False, deterministic=False):
+    def render(means, sigmas, amps, *, height, width, return_index=False, deterministic=False, composite="max",
+               temperature=1.0):
+        if composite != "max":
+            image = emulated_soft(emulator, composite, temperature)(means, sigmas, amps, height=height, width=width,
+                                                                    deterministic=deterministic)
+            return (image, None) if return_index else image
         batch_shape, n_markers = sigmas.shape[:-1], sigmas.shape[-1]
         flat = (means.reshape(-1, n_markers, 2).contiguous(), sigmas.reshape(-1, n_markers).contiguous(),
                 amps.reshape(-1, n_markers).contiguous())
@@ -223,4 +237,193 @@ def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator):
     assert all(torch.equal(grads[True][0], other) for other in grads[True][1:])
     assert not all(torch.equal(grads[False][0], other) for other in grads[False][1:]), \
         "the atomic backward kept its bits too: this case no longer shows that the thread orders differ"
+    torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-5, atol=1e-5)
+
+
+# --- the soft composites: softor, over, smoothmax ---------------------------------------------------
+
+SOFT_COMPOSITES = tuple(c for c in COMPOSITES if c != "max")
+
+
+def raise_flaws(flaws: torch.Tensor) -> None:
+    """As raise_marker_flaws: the ValueError of the lowest flaw bit set."""
+    if flaws.item():
+        bit = (flaws.item() & -flaws.item()).bit_length() - 1
+        raise ValueError(FLAW_MESSAGES[bit])
+
+
+def soft_forward(emulator, means, sigmas, amps, height, width, composite, temperature):
+    """The soft forward kernel on [B, N, ...] markers: (image, flag word)."""
+    batch, n_markers = sigmas.shape
+    image = means.new_empty(batch, height, width)
+    flaws = torch.zeros(1, dtype=torch.int32)
+    guarded_call(getattr(emulator, f"soft_forward_{DTYPE_NAMES[means.dtype]}"), COMPOSITES.index(composite),
+                 float(temperature), means, sigmas, amps, batch, n_markers, height, width, image, flaws)
+    return image, flaws
+
+
+class _SoftRender(torch.autograd.Function):
+    """The CUDA op pair of a soft composite as splat_render runs it: forward kernel, then the backward's."""
+
+    @staticmethod
+    def forward(ctx, emulator, means, sigmas, amps, height, width, composite, temperature, deterministic):
+        image, flaws = soft_forward(emulator, means, sigmas, amps, height, width, composite, temperature)
+        raise_flaws(flaws)
+        ctx.save_for_backward(means, sigmas, amps)
+        ctx.emulator, ctx.composite, ctx.temperature, ctx.deterministic = emulator, composite, temperature, deterministic
+        return image
+
+    @staticmethod
+    def backward(ctx, grad_image):
+        means, sigmas, amps = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in (means, sigmas, amps)]
+        batch, n_markers = sigmas.shape
+        height, width = grad_image.shape[1:]
+        guarded_call(getattr(ctx.emulator, f"soft_backward_{DTYPE_NAMES[means.dtype]}"), int(ctx.deterministic),
+                     COMPOSITES.index(ctx.composite), float(ctx.temperature), grad_image.contiguous(), means, sigmas,
+                     amps, batch, n_markers, height, width, *grads)
+        return None, *grads, None, None, None, None, None
+
+
+def emulated_soft(emulator, composite, temperature=1.0):
+    """The emulated CUDA kernels of a soft composite with splat_render's signature (any leading dims;
+    N = 0 runs the kernels too, which the host code does not)."""
+
+    def render(means, sigmas, amps, *, height, width, deterministic=False):
+        batch_shape, n_markers = sigmas.shape[:-1], sigmas.shape[-1]
+        batch = math.prod(batch_shape)  # not -1: N may be 0
+        flat = (means.reshape(batch, n_markers, 2).contiguous(), sigmas.reshape(batch, n_markers).contiguous(),
+                amps.reshape(batch, n_markers).contiguous())
+        image = _SoftRender.apply(emulator, *flat, height, width, composite, temperature, deterministic)
+        return image.reshape(*batch_shape, height, width)
+
+    return render
+
+
+def soft_markers(composite, batch_shape, n_markers, height, width, *, dtype, seed):
+    """make_markers; for softor and over the amps clamped to [0, 1], with marker 0's exactly 1 and
+    marker 3's exactly 0 where N > 3 (the ends of their domain)."""
+    means, sigmas, amps = make_markers(batch_shape, n_markers, height, width, dtype=dtype, seed=seed)
+    if composite in UNIT_AMP_COMPOSITES:
+        amps = amps.clamp(0, 1)
+        if n_markers > 3:
+            amps[..., 0], amps[..., 3] = 1, 0
+    return means, sigmas, amps
+
+
+def assert_soft_matches_reference(render, composite, temperature, means, sigmas, amps, height, width, *,
+                                  deterministic, seed=0):
+    """The image and the gradients of sum(image * upstream), every pixel, against autograd of the float64
+    oracle on the same (dtype-rounded) inputs, within the dtype's TOLERANCES. Returns image and gradients."""
+    dtype = means.dtype
+    upstream = random_like_image((*means.shape[:-2], height, width), seed=seed + 1).to(dtype)
+    leaves = [t.detach().clone().requires_grad_() for t in (means, sigmas, amps)]
+    image = render(*leaves, height=height, width=width, deterministic=deterministic)
+    grads = torch.autograd.grad(image, leaves, upstream)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (means, sigmas, amps)]
+    ref_image, ref_index = splat_render_reference(*ref_leaves, height, width, composite, temperature)
+    assert ref_index is None
+    ref_grads = (torch.autograd.grad(ref_image, ref_leaves, upstream.double()) if ref_image.requires_grad
+                 else [torch.zeros_like(t) for t in ref_leaves])
+    assert image.dtype == dtype and all(g.dtype == dtype for g in grads)
+    measures = [measure_close("image", image, ref_image, *TOLERANCES[dtype][0]), *measure_grads(grads, ref_grads, dtype)]
+    failed = [m.describe() for m in measures if not m.ok]
+    assert not failed, "; ".join(failed)
+    assert all(torch.isfinite(g).all() for g in grads)
+    return image.detach(), grads
+
+
+# (composite, temperature): smoothmax at a moderate temperature and at the smallest the contract names.
+SOFT_MODES = [("softor", 1.0), ("over", 1.0), ("smoothmax", 0.2), ("smoothmax", 1e-3)]
+# (leading dims, N, height, width). Soft tiles are the max forward's: 32 rows by 32 columns (64 for
+# float wider than 32), 64 markers staged at a time; the backward takes the same tiles.
+SOFT_SHAPES = [
+    ((), 7, 9, 41),  # no leading dims; one float tile, two double tiles wide
+    ((2, 3), 1, 9, 20),  # one marker
+    ((2,), 64, 13, 7),  # exactly one marker block; H > W
+    ((3,), 0, 9, 41),  # no markers: zeros (the kernels run all the same here)
+    ((1,), 300, 9, 41),  # five marker blocks, the last one cut
+    ((3,), 9, 1, 33),  # a single row, 33 columns: one column past a 32-wide tile
+    ((1,), 21, 40, 36),  # two tiles high, two (double) or one (float) wide
+]
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", SOFT_SHAPES, ids=lambda s: f"{s[0]}-N{s[1]}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("composite, temperature", SOFT_MODES, ids=lambda m: str(m))
+def test_soft_matches_reference(emulator, composite, temperature, shape, dtype, deterministic):
+    batch_shape, n_markers, height, width = shape
+    inputs = soft_markers(composite, batch_shape, n_markers, height, width, dtype=dtype, seed=n_markers)
+    image, _ = assert_soft_matches_reference(emulated_soft(emulator, composite, temperature), composite, temperature,
+                                             *inputs, height, width, deterministic=deterministic)
+    if n_markers == 0:
+        assert (image == 0).all()
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("composite", ["softor", "over"])
+def test_soft_value_one_gives_the_exact_finite_gradient(emulator, composite, dtype, deterministic):
+    """Markers centred on pixel centres with amp 1 have v = 1 exactly there (a factor 1 - v of 0): one
+    such marker at pixel (3, 2), whose derivative is the product of the others' factors; two at (1, 4),
+    where every derivative is 0. Nothing may divide by 1 - v = 0."""
+    means = torch.tensor([[[2.0, 3.0], [4.0, 1.0], [4.0, 1.0], [3.3, 2.1], [5.0, 4.0], [1.0, 2.0]]])
+    sigmas = torch.tensor([[1.0, 0.7, 1.3, 1.1, 0.9, 0.8]])
+    amps = torch.tensor([[1.0, 1.0, 1.0, 0.6, 0.999999, 0.0]])
+    inputs = [t.to(dtype) for t in (means, sigmas, amps)]
+    image, grads = assert_soft_matches_reference(emulated_soft(emulator, composite), composite, 1.0, *inputs, 6, 7,
+                                                 deterministic=deterministic)
+    assert image[0, 3, 2] == 1 and image[0, 1, 4] == 1
+
+
+@pytest.mark.parametrize("composite", SOFT_COMPOSITES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_soft_axis_factors_flush_at_the_contract_exponent(emulator, composite, dtype):
+    """With one marker every soft composite is v itself (and d image / d amp is e): the flush rule of
+    the max kernels holds in the soft ones, forward and backward."""
+    check_axis_factors_flush_at_the_contract_exponent(emulated_soft(emulator, composite, 0.5), "cpu", dtype)
+
+
+@pytest.mark.parametrize("composite", SOFT_COMPOSITES)
+@pytest.mark.parametrize("where, value", [((2, 70), 1.5), ((0, 3), -0.25), ((1, 130), math.nan), ((2, 0), 1.0),
+                                          ((1, 64), 0.0)])
+def test_soft_value_checks_flag_amps_outside_the_unit_interval(emulator, composite, where, value):
+    """The soft forward checks every image's markers in every marker block: amps outside [0, 1] are a
+    flaw of softor and over only; NaN is kAmpsNonfinite alone; 0 and 1 are inside."""
+    means, sigmas, amps = make_markers((3,), 140, 40, 40, seed=5)
+    amps = amps.clamp(0, 1)
+    amps[where] = value
+    _, flaws = soft_forward(emulator, means, sigmas, amps, 40, 40, composite, 0.5)
+    if math.isnan(value):
+        expected = FLAW_BIT["amps_nonfinite"]
+    elif not 0 <= value <= 1 and composite in UNIT_AMP_COMPOSITES:
+        expected = FLAW_BIT["amps_outside_unit"]
+    else:
+        expected = 0
+    assert flaws.item() == expected
+    if expected:
+        with pytest.raises(ValueError, match=re.escape(FLAW_MESSAGES[expected.bit_length() - 1])):
+            emulated_soft(emulator, composite, 0.5)(means, sigmas, amps, height=40, width=40)
+
+
+@pytest.mark.parametrize("composite, temperature", SOFT_MODES[1:3], ids=lambda m: str(m))
+def test_soft_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator, composite, temperature):
+    """Six tiles per image, more than one marker block: the deterministic backward's bits are the same
+    whatever order the threads run in, and the atomic backward agrees with it up to rounding."""
+    means, sigmas, amps = soft_markers(composite, (2,), 70, 70, 90, dtype=torch.float32, seed=4)
+    upstream = random_like_image((2, 70, 90)).float()
+    grads = {False: [], True: []}
+    try:
+        for seed in (0, 1, 2):  # 0: index order
+            emulator.set_schedule_seed(seed)
+            for deterministic in (False, True):
+                leaves = [t.clone().requires_grad_() for t in (means, sigmas, amps)]
+                image = emulated_soft(emulator, composite, temperature)(*leaves, height=70, width=90,
+                                                                        deterministic=deterministic)
+                (image * upstream).sum().backward()
+                grads[deterministic].append(torch.cat([leaf.grad.flatten() for leaf in leaves]))
+    finally:
+        emulator.set_schedule_seed(SCHEDULE_SEED)
+    assert all(torch.equal(grads[True][0], other) for other in grads[True][1:])
     torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-5, atol=1e-5)

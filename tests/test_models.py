@@ -90,3 +90,23 @@ def test_commands_redraw_at_any_resolution(digits):
 def test_unknown_choices_are_refused(field, value):
     with pytest.raises(ValueError, match=f"unknown {field}"):
         build_model(ModelConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("composite", ["softor", "over", "smoothmax"])
+def test_the_model_draws_with_its_composite(digits, composite):
+    """ModelConfig.composite (train --composite) reaches splat_render: the model's image is its commands
+    drawn in that mode, and every marker gets gradient."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(composite=composite, temperature=0.3, points=9))
+    images, commands = model(digits[:4])
+    torch.testing.assert_close(images, draw(commands, 28, composite=composite, temperature=0.3))
+    assert not torch.allclose(images, draw(commands, 28))
+    images.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("settings, message", [(dict(composite="sum"), "composite must be one of"),
+                                               (dict(composite="smoothmax", temperature=0.0), "temperature must be")])
+def test_bad_composite_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelConfig(**settings))

@@ -12,6 +12,7 @@ import torch
 
 import splatkern
 from splatkern import testing
+from splatkern.facts import COMPOSITES
 from support import FUSED_CASES, require
 
 
@@ -31,13 +32,17 @@ def test_check_backend_passes(device, backend):
     for part in ("float32 ", "float64 ", "float16 ", "bfloat16 ", "-N0-", "-N1-", "-N7-", "-N64-", "nobatch-"):
         assert any(part in name for name in names), part
     assert any(re.search(r"\b\d+x\d+-N", name) for name in names), "no case with two leading dims"
-    assert "gradcheck float64" in names
-    if backend in testing.WITH_ATOMIC_BACKWARD:
-        assert any(name.startswith("float32 ") and name.endswith(" deterministic") for name in names)
+    for composite in COMPOSITES:
+        assert f"{composite} gradcheck float64" in names
+        assert any(name.startswith(f"{composite} float64 ") for name in names)
+        if backend in testing.WITH_ATOMIC_BACKWARD:
+            assert any(name.startswith(f"{composite} float32 ") and name.endswith(" deterministic") for name in names)
     for case in report.cases:
-        if case.name.startswith("float"):
+        composite, kind = case.name.split()[:2]
+        if kind.startswith("float"):  # the soft composites have no winner map
+            winners = ["winner map"] if composite == "max" else []
             assert [m.quantity for m in case.measures] == [
-                "dtypes and shapes", "image", "winner map", "grad means", "grad sigmas", "grad amps"]
+                "dtypes and shapes", "image", *winners, "grad means", "grad sigmas", "grad amps"]
 
 
 def _scaled_gradient(tensor: torch.Tensor, factor: float) -> torch.Tensor:
@@ -57,10 +62,13 @@ def broken_cpu_backend(monkeypatch, broken: str) -> None:
             raise RuntimeError("the kernel failed")
         if broken == "grad sigmas":
             sigmas = _scaled_gradient(sigmas, 1.01)
-        image, index = real(means, sigmas, amps, backend=backend, return_index=True, **kwargs)
+        if kwargs.get("composite", "max") == "max":
+            image, index = real(means, sigmas, amps, backend=backend, return_index=True, **kwargs)
+        else:  # no winner map to break
+            image, index = real(means, sigmas, amps, backend=backend, **kwargs), None
         if broken == "image":
             image = image + 0.05
-        if broken == "winner map":
+        if broken == "winner map" and index is not None:
             index = torch.where(index > 0, 0, index)
         return (image, index) if return_index else image
 
@@ -88,7 +96,7 @@ def test_a_broken_backend_is_reported(monkeypatch, broken, also_failing):
     quantities = {m.quantity for case in failed for m in case.measures if not m.ok}
     assert quantities == {broken} | also_failing
     if broken == "image":  # 0.05 too bright everywhere, against the image's tolerance
-        worst = next(case for case in failed if case.name.startswith("float32 "))
+        worst = next(case for case in failed if case.name.startswith("max float32 "))
         assert worst.max_abs_error == pytest.approx(0.05, rel=1e-3)
         assert worst.tolerance == testing.TOLERANCES[torch.float32][0]
     if broken == "error":

@@ -1,7 +1,8 @@
 """Every block the Triton launchers can be given computes the contract, not only the table's (which
 test_backends.py checks through splat_render): bench/triton_sweep.py times other tiles (shape, pixels
-per thread, warps), and a backward sorts int64 keys where (N + 1) x BLOCK_PIX outgrows int32. Under the
-interpreter on CPU, and on CUDA where there is a GPU."""
+per thread, warps), and a backward sorts int64 keys where (N + 1) x BLOCK_PIX outgrows int32; the soft
+composites' kernels take the forward's 4-D tiles, in both of theirs. Under the interpreter on CPU, and on
+CUDA where there is a GPU."""
 
 from __future__ import annotations
 
@@ -56,3 +57,30 @@ def test_backward_blocks_match_reference(device, config, deterministic):
                                                 WIDTH, upstream)
     grads = triton_kernels.backward(upstream.float(), means, sigmas, amps, ref_index, deterministic, config)
     assert_grads_close(grads, ref_grads, torch.float32)
+
+
+SOFT_MODES = [pytest.param(name, temperature, id=name) for name, temperature in
+              (("softor", 1.0), ("over", 1.0), ("smoothmax", 0.25))]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", FORWARD_BLOCKS)
+@pytest.mark.parametrize(("composite", "temperature"), SOFT_MODES)
+def test_soft_blocks_match_reference(device, config, composite, temperature):
+    """The soft kernels, forward and both backwards, with tiles other than their table's: several
+    warps (whose sums over the tile cross warps) and several tiles per image."""
+    from splatkern import triton_kernels  # noqa: PLC0415
+
+    require(device, "triton")
+    means, sigmas, amps = make_markers((3,), 9, HEIGHT, WIDTH, device=device, unit_amps=composite != "smoothmax")
+    mode = dict(composite=composite, temperature=temperature)
+    upstream = random_like_image((3, HEIGHT, WIDTH), device=device, seed=1)
+    ref_image, _, ref_grads = render_with_grads("reference", *(t.double() for t in (means, sigmas, amps)), HEIGHT,
+                                                WIDTH, upstream, **mode)
+    image, index = triton_kernels.forward(means, sigmas, amps, HEIGHT, WIDTH, config, **mode)
+    assert index.shape == (3, 0, 0) and index.dtype == torch.int32
+    atol, rtol = TOLERANCES[torch.float32][0]
+    torch.testing.assert_close(image.double(), ref_image, atol=atol, rtol=rtol)
+    for deterministic in (False, True):
+        grads = triton_kernels.backward(upstream.float(), means, sigmas, amps, index, deterministic, config, **mode)
+        assert_grads_close(grads, ref_grads, torch.float32)

@@ -1,4 +1,4 @@
-"""The Triton kernels compile for real GPUs (sm_80, sm_90) without spilling registers, with no GPU here.
+"""The Triton kernels (every composite's) compile for real GPUs (sm_80, sm_90) without spilling registers, with no GPU here.
 
 The interpreter (the cpu-triton cases of test_backends.py) checks what the kernels compute, but accepts code that the GPU
 compiler rejects, and says nothing of registers. Compiling needs triton without the interpreter,
@@ -20,6 +20,8 @@ triton = pytest.importorskip("triton")
 # the largest forward and sum-kernel blocks (larger images the same), smaller images only smaller ones.
 SHAPES = [(28, 28, 64), (128, 128, 256)]
 ARCHS = [80, 90]
+# The soft composites, each compiled with its own blocks (the max kernels above are the "max" mode's).
+SOFT_COMPOSITES = ["softor", "over", "smoothmax"]
 
 
 def compile_all() -> list[dict]:
@@ -29,6 +31,7 @@ def compile_all() -> list[dict]:
     from triton.compiler import ASTSource  # noqa: PLC0415
 
     from splatkern import triton_kernels as kernels  # noqa: PLC0415
+    from splatkern.facts import COMPOSITES  # noqa: PLC0415
     from support import cuobjdump_path  # noqa: PLC0415
 
     cuobjdump = cuobjdump_path()
@@ -48,6 +51,18 @@ def compile_all() -> list[dict]:
                 ),
                 (kernels._sum_partials_kernel, kernels._sum_partials_config(n_markers)),
             ]  # fmt: skip
+            for composite in SOFT_COMPOSITES:
+                # smoothmax reads 1 / temperature from a tensor; the others are passed None for it
+                soft = dict(FLUSH=flush, COMPOSITE=kernels.COMPOSITES.index(composite),
+                            **({} if composite == "smoothmax" else {"inv_t_ptr": None}))
+                configs.append((kernels._soft_forward_kernel,
+                                dict(soft, **kernels._soft_forward_config(height, width, dtype, composite))))
+                configs += [
+                    (kernels._soft_backward_kernel, dict(soft, DETERMINISTIC=deterministic,
+                                                         **kernels._soft_backward_config(height, width, dtype, composite),
+                                                         **({} if deterministic else {"partials_ptr": None})))
+                    for deterministic in (False, True)
+                ]  # fmt: skip
             for kernel, constants in configs:
                 key = (kernel, dtype, tuple(sorted(constants.items())))
                 launches.setdefault(key, (height, width, n_markers))
@@ -75,7 +90,8 @@ def compile_all() -> list[dict]:
             usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
             found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
             reports.append(
-                dict(kernel=kernel.__name__, shape=shape, arch=arch, dtype=scalar,
+                dict(kernel=kernel.__name__, composite=COMPOSITES[constants.get("COMPOSITE", 0)], shape=shape,
+                     arch=arch, dtype=scalar,
                      registers=int(found[1]), stack=int(found[2]), local=int(found[3]))
             )  # fmt: skip
     return reports
@@ -87,7 +103,8 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path):
     child = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert child.returncode == 0, child.stderr[-4000:]
     reports = json.loads(child.stdout)
-    assert {r["kernel"] for r in reports} == {"_forward_kernel", "_backward_kernel", "_sum_partials_kernel"}
+    assert {r["kernel"] for r in reports} == {"_forward_kernel", "_backward_kernel", "_sum_partials_kernel",
+                                              "_soft_forward_kernel", "_soft_backward_kernel"}
     spilling = [r for r in reports if r["stack"] or r["local"]]
     assert not spilling, spilling
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from splatkern.checks import check_composite
+
 from splatkern.models.autoencoder import Autoencoder
 from splatkern.models.encoders import ENCODERS
 from splatkern.models.gesture import GestureDecoder
@@ -28,6 +30,8 @@ class ModelConfig:
     init: str = "sweep"
     backend: str = "auto"
     resolution: int = 28
+    composite: str = "max"  # how splat_render composites the markers (splatkern.facts.COMPOSITES)
+    temperature: float = 1.0  # smoothmax's softmax temperature
 
 
 def build_model(config: ModelConfig) -> Autoencoder:
@@ -38,13 +42,14 @@ def build_model(config: ModelConfig) -> Autoencoder:
         raise ValueError(f"unknown encoder {config.encoder!r}; choose one of {tuple(ENCODERS)}")
     if config.init not in INITS:
         raise ValueError(f"unknown init {config.init!r}; choose one of {INITS}")
+    check_composite(config.composite, config.temperature)
     points = config.points or DEFAULT_POINTS[config.model]
     encoder = ENCODERS[config.encoder](image_size=config.resolution)
     if config.model == "gesture":
         decoder = GestureDecoder(encoder.out_features, points, config.step_size, config.resolution)
     else:
         decoder = StaticPointsDecoder(encoder.out_features, points)
-    model = Autoencoder(encoder, decoder, config.resolution, config.backend)
+    model = Autoencoder(encoder, decoder, config.resolution, config.backend, config.composite, config.temperature)
     if config.init == "glorot":
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):

@@ -33,8 +33,9 @@ def sigma_pixels(sizes: torch.Tensor, resolution: int) -> torch.Tensor:
     return resolution * torch.sqrt((sizes * VARCOEF + VAR_FLOOR) / 2)
 
 
-def draw(commands: Commands, resolution: int, backend: str = "auto") -> torch.Tensor:
-    """Render ``commands`` as ``[B, resolution, resolution]`` images."""
+def draw(commands: Commands, resolution: int, backend: str = "auto", composite: str = "max",
+         temperature: float = 1.0) -> torch.Tensor:
+    """Render ``commands`` as ``[B, resolution, resolution]`` images, composited by ``composite``."""
     return splat_render(
         commands.positions * resolution,
         sigma_pixels(commands.sizes, resolution),
@@ -42,4 +43,6 @@ def draw(commands: Commands, resolution: int, backend: str = "auto") -> torch.Te
         height=resolution,
         width=resolution,
         backend=backend,
+        composite=composite,
+        temperature=temperature,
     )
