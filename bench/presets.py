@@ -28,7 +28,11 @@ class Preset:
     training_steps: int  # timed training steps per (backend, batch size); 0: no training section
     training_batches: tuple[int, ...] = (16, 256)
     devices: tuple[str, ...] = ("cpu", "cuda")
-    composites: tuple[str, ...] = ("max",)  # each size is measured in each of these modes
+    composites: tuple[str, ...] = ("max",)  # the compositing modes measured ...
+    composite_points: tuple[Point, ...] | None = None  # ... at these sizes (None: all); the others in max only
+
+    def composites_at(self, point: Point) -> tuple[str, ...]:
+        return self.composites if self.composite_points is None or point in self.composite_points else ("max",)
 
 
 def sweep(base: Point, batch=(), markers=(), resolution=(), tag_base: tuple[str, ...] = ()) -> dict:
@@ -91,10 +95,12 @@ PRESETS = {
     "gpu": Preset(
         "the two GPU headline sizes and large sizes: B in {1, 64, 256, 1024, 4096} at N=64, 28x28; "
         "N in {10, 25, 64, 256} at B=256, 128x128; resolution in {28, 64, 128, 256} at B=256, N=64; "
-        "B=4096, N=256, 64x64 and B=1024, N=256, 256x256 (the reference is skipped where it does not fit)",
+        "B=4096, N=256, 64x64 and B=1024, N=256, 256x256 (the reference is skipped where it does not fit); "
+        "the two headline sizes in every composite mode too",
         merge(sweep(Point(1024, 64, 28, 28), batch=(1, 64, 256, 1024, 4096)),
               sweep(Point(256, 64, 128, 128), markers=(10, 25, 64, 256), resolution=(28, 64, 128, 256)),
               tagged(GPU_TARGETS, "key"), tagged((Point(4096, 256, 64, 64), Point(1024, 256, 256, 256)), "large")),
         min_sample_s=0.01, samples=7, max_case_s=2.0, training_steps=50, devices=("cuda",),
+        composites=COMPOSITES, composite_points=GPU_TARGETS,
     ),
 }

@@ -214,7 +214,7 @@ def measure_point(point: Point, tags: tuple[str, ...], names: list[str], device:
     and how many cases failed."""
     too_big = reference_fits(point, device)
     cases, errors = [], 0
-    for composite in preset.composites:
+    for composite in preset.composites_at(point):
         torch._dynamo.reset()  # compile each size once, statically; no recompile limit across sizes
         for mode in MODES:
             rows = {}
