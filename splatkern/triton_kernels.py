@@ -428,6 +428,31 @@ def _smoothmax_weight(max_value, value, inv_t, flush):
 
 
 @triton.jit
+def _smoothmax_sums(means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, x, y, flush, inv_t,
+                    ROW_REPEATS: tl.constexpr, COL_REPEATS: tl.constexpr, ROW_SPAN: tl.constexpr,
+                    COL_SPAN: tl.constexpr):
+    """Smoothmax's per-pixel sums, in two passes over the markers: the max M of all N values (flushed
+    ones are 0 and count), then sum w and sum w v with w = exp((v - M) / t); sum w >= 1 (M's own
+    weight)."""
+    dtype = x.dtype
+    max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
+    for n in range(0, n_markers):
+        mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+        row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+        max_value = tl.maximum(max_value, row_factors * col_factors)
+    weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+    weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+    for n in range(0, n_markers):
+        mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+        row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+        values = row_factors * col_factors
+        w = _smoothmax_weight(max_value, values, inv_t, flush)
+        weights += w
+        weighted += w * values
+    return max_value, weights, weighted
+
+
+@triton.jit
 def _soft_forward_kernel(
     means_ptr,
     sigmas_ptr,
@@ -472,23 +497,11 @@ def _soft_forward_kernel(
 
     y, x = rows.to(dtype), cols.to(dtype)
     if COMPOSITE == _SMOOTHMAX:
-        # Two passes over the markers: the max M of all N values (flushed ones are 0 and count), then
-        # the sums of w = exp((v - M) / t) and w v; out = sum w v / sum w, sum w >= 1 (M's own weight).
         inv_t = tl.load(inv_t_ptr)
-        max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
-        for n in range(0, n_markers):
-            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-            max_value = tl.maximum(max_value, row_factors * col_factors)
-        weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-        weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-        for n in range(0, n_markers):
-            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-            values = row_factors * col_factors
-            w = _smoothmax_weight(max_value, values, inv_t, flush)
-            weights += w
-            weighted += w * values
+        _, weights, weighted = _smoothmax_sums(
+            means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, x, y, flush, inv_t,
+            ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN,
+        )  # fmt: skip
         out = weighted / weights
     elif COMPOSITE == _OVER:
         # Front to back, as the contract writes it: acc += v T; T *= 1 - v.
@@ -551,20 +564,10 @@ def _soft_backward_kernel(
     # Pass 1: the per-pixel state the derivative needs, recomputed from the markers.
     if COMPOSITE == _SMOOTHMAX:  # M, 1 / sum w and out, as the forward computes them
         inv_t = tl.load(inv_t_ptr)
-        max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
-        for n in range(0, n_markers):
-            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-            max_value = tl.maximum(max_value, row_factors * col_factors)
-        weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-        weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-        for n in range(0, n_markers):
-            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-            values = row_factors * col_factors
-            w = _smoothmax_weight(max_value, values, inv_t, flush)
-            weights += w
-            weighted += w * values
+        max_value, weights, weighted = _smoothmax_sums(
+            means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, x, y, flush, inv_t,
+            ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN,
+        )  # fmt: skip
         out = weighted / weights
         inv_weights = 1.0 / weights
     else:  # softor and over: Q, the product of the nonzero factors 1 - v, and Z, the count of zero ones
