@@ -241,11 +241,16 @@ inline __attribute__((always_inline)) void soft_forward_tile(const SoftTile<scal
   }
 }
 
+// The soft loops' vector width: the ISA's, at most 32 bytes. Their selects and bit masks on 64-byte
+// vectors, compiled for AVX-512F alone, run at half the speed of two 32-byte halves.
+template <int64_t kVectorBytes>
+constexpr int64_t kSoftBytes = kVectorBytes < 32 ? kVectorBytes : 32;
+
 struct SoftForwardTile {
   template <int64_t kVectorBytes, typename scalar_t>
   static inline __attribute__((always_inline)) void run(const SoftTile<scalar_t>* tile, Composite composite,
                                                         SoftScratch<scalar_t>* scratch) {
-    soft_forward_tile<kVectorBytes>(*tile, composite, *scratch);
+    soft_forward_tile<kSoftBytes<kVectorBytes>>(*tile, composite, *scratch);
   }
 };
 
@@ -337,9 +342,9 @@ struct SoftBackwardTile {
                                                         SoftScratch<scalar_t>* scratch, const scalar_t* means,
                                                         const scalar_t* amps, int64_t row0, double* partials) {
     if (composite == kSmoothmax) {
-      soft_backward_tile<kVectorBytes, true>(*tile, *scratch, means, amps, row0, partials);
+      soft_backward_tile<kSoftBytes<kVectorBytes>, true>(*tile, *scratch, means, amps, row0, partials);
     } else {
-      soft_backward_tile<kVectorBytes, false>(*tile, *scratch, means, amps, row0, partials);
+      soft_backward_tile<kSoftBytes<kVectorBytes>, false>(*tile, *scratch, means, amps, row0, partials);
     }
   }
 };
