@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import splatkern
-from splatkern.facts import FLUSH_EXPONENT
+from splatkern.facts import FLUSH_EXPONENT, UNIT_AMP_COMPOSITES
 from splatkern.reference import splat_render_reference
 from splatkern.testing import (  # noqa: F401 - re-exported for the test modules
     KERNEL_DTYPES,
@@ -114,6 +114,11 @@ def require(device: str, backend: str) -> None:
             ("cpu", "triton"): "Triton on CPU tensors needs TRITON_INTERPRET=1 (conftest.py sets it only without CUDA)",
         }.get((device, backend), "triton is not installed")
         pytest.skip(f"backend {backend!r} is not available for {device} tensors here: {why}")
+
+
+def soft_markers(composite, batch_shape, n_markers, height, width, **kwargs):
+    """make_markers, with amps in [0, 1] (some exactly 0 and 1) for the modes that need them."""
+    return make_markers(batch_shape, n_markers, height, width, unit_amps=composite in UNIT_AMP_COMPOSITES, **kwargs)
 
 
 def assert_grads_close(grads, ref_grads, dtype):

@@ -32,15 +32,11 @@ from support import (
     random_like_image,
     render_with_grads,
     require,
+    soft_markers,
     with_modes,
 )
 
 FLAW_AMPS_OUTSIDE_UNIT = FLAW_MESSAGES[list(FLAW_BIT).index("amps_outside_unit")]
-
-
-def soft_markers(composite, batch, n_markers, height, width, **kwargs):
-    """make_markers, with amps in [0, 1] (some exactly 0 and 1) for the modes that need them."""
-    return make_markers(batch, n_markers, height, width, unit_amps=composite in UNIT_AMP_COMPOSITES, **kwargs)
 
 
 # --- values and gradients against the oracle --------------------------------------------------------
