@@ -242,7 +242,8 @@ inline __attribute__((always_inline)) void soft_forward_tile(const SoftTile<scal
 }
 
 // The soft loops' vector width: the ISA's, at most 32 bytes. Their selects and bit masks on 64-byte
-// vectors, compiled for AVX-512F alone, run at half the speed of two 32-byte halves.
+// vectors, compiled for AVX-512F alone (no DQ/BW/VL), run slower than on two 32-byte halves
+// (docs/performance.md).
 template <int64_t kVectorBytes>
 constexpr int64_t kSoftBytes = kVectorBytes < 32 ? kVectorBytes : 32;
 
