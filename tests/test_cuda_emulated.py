@@ -24,7 +24,7 @@ import torch
 
 from splatkern.facts import COMPOSITES, FLAW_BIT, FLAW_MESSAGES, UNIT_AMP_COMPOSITES
 from splatkern.reference import splat_render_reference
-from splatkern.testing import gradcheck, measure_close
+from splatkern.testing import SOFT_COMPOSITES, gradcheck, measure_close
 from support import (
     TOLERANCES,
     assert_matches_reference,
@@ -221,23 +221,30 @@ def test_backward_flags_a_winner_map_out_of_range(emulator, deterministic):
         assert flag.item() == 1
 
 
-def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator):
-    """The emulator can resume threads in a different order per seed, as a GPU may run them: the
-    atomic backward's float sums then round differently (which shows the orders differ), the
-    deterministic backward's never."""
-    means, sigmas, amps = make_markers((2,), 12, 70, 90, seed=4)
-    upstream = random_like_image((2, 70, 90)).float()
+def gradients_per_schedule(emulator, render, markers, upstream) -> dict[bool, list[torch.Tensor]]:
+    """For each backward mode (deterministic or not), the flattened gradients of sum(image * upstream)
+    under the emulator's schedule seeds 0 (index order), 1 and 2."""
+    height, width = upstream.shape[-2:]
     grads = {False: [], True: []}
     try:
-        for seed in (0, 1, 2):  # 0: index order
+        for seed in (0, 1, 2):
             emulator.set_schedule_seed(seed)
             for deterministic in (False, True):
-                leaves = [t.clone().requires_grad_() for t in (means, sigmas, amps)]
-                image = emulated_cuda(emulator)(*leaves, height=70, width=90, deterministic=deterministic)
+                leaves = [t.clone().requires_grad_() for t in markers]
+                image = render(*leaves, height=height, width=width, deterministic=deterministic)
                 (image * upstream).sum().backward()
                 grads[deterministic].append(torch.cat([leaf.grad.flatten() for leaf in leaves]))
     finally:
         emulator.set_schedule_seed(SCHEDULE_SEED)
+    return grads
+
+
+def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator):
+    """The emulator can resume threads in a different order per seed, as a GPU may run them: the
+    atomic backward's float sums then round differently (which shows the orders differ), the
+    deterministic backward's never."""
+    grads = gradients_per_schedule(emulator, emulated_cuda(emulator), make_markers((2,), 12, 70, 90, seed=4),
+                                   random_like_image((2, 70, 90)).float())
     assert all(torch.equal(grads[True][0], other) for other in grads[True][1:])
     assert not all(torch.equal(grads[False][0], other) for other in grads[False][1:]), \
         "the atomic backward kept its bits too: this case no longer shows that the thread orders differ"
@@ -245,8 +252,6 @@ def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator):
 
 
 # --- the soft composites: softor, over, smoothmax ---------------------------------------------------
-
-SOFT_COMPOSITES = tuple(c for c in COMPOSITES if c != "max")
 
 
 def raise_flaws(flaws: torch.Tensor) -> None:
@@ -404,20 +409,9 @@ def test_soft_value_checks_flag_amps_outside_the_unit_interval(emulator, composi
 def test_soft_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator, composite, temperature):
     """Six tiles per image, more than one marker block: the deterministic backward's bits are the same
     whatever order the threads run in, and the atomic backward agrees with it up to rounding."""
-    means, sigmas, amps = soft_markers(composite, (2,), 70, 70, 90, dtype=torch.float32, seed=4)
-    upstream = random_like_image((2, 70, 90)).float()
-    grads = {False: [], True: []}
-    try:
-        for seed in (0, 1, 2):  # 0: index order
-            emulator.set_schedule_seed(seed)
-            for deterministic in (False, True):
-                leaves = [t.clone().requires_grad_() for t in (means, sigmas, amps)]
-                image = emulated_soft(emulator, composite, temperature)(*leaves, height=70, width=90,
-                                                                        deterministic=deterministic)
-                (image * upstream).sum().backward()
-                grads[deterministic].append(torch.cat([leaf.grad.flatten() for leaf in leaves]))
-    finally:
-        emulator.set_schedule_seed(SCHEDULE_SEED)
+    grads = gradients_per_schedule(emulator, emulated_soft(emulator, composite, temperature),
+                                   soft_markers(composite, (2,), 70, 70, 90, dtype=torch.float32, seed=4),
+                                   random_like_image((2, 70, 90)).float())
     assert all(torch.equal(grads[True][0], other) for other in grads[True][1:])
     torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-5, atol=1e-5)
 
