@@ -330,16 +330,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tens
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
     scalar_t* gs = grad_sigmas.mutable_data_ptr<scalar_t>();
     scalar_t* ga = grad_amps.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * n_markers, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t bn = begin; bn < end; ++bn) {
-        const int64_t b = bn / n_markers, n = bn % n_markers;
-        double sums[kPartials] = {0, 0, 0, 0};
-        for (int64_t t = 0; t < tiling.tiles_per_image; ++t) {
-          const double* p = partials.data() + ((b * tiling.tiles_per_image + t) * n_markers + n) * kPartials;
-          for (int64_t k = 0; k < kPartials; ++k) sums[k] += p[k];
-        }
-        marker_gradients(sums, m[2 * bn], m[2 * bn + 1], s[bn], a[bn], gm + 2 * bn, gs + bn, ga + bn);
-      }
+    sum_tile_partials<kPartials>(partials, tiling, batch, n_markers, [&](int64_t bn, const double* sums) {
+      marker_gradients(sums, m[2 * bn], m[2 * bn + 1], s[bn], a[bn], gm + 2 * bn, gs + bn, ga + bn);
     });
   });
   return {grad_means, grad_sigmas, grad_amps};

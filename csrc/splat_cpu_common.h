@@ -137,6 +137,8 @@ auto run_on_cpu_isa(Args... args) {
 
 // Factor tables are padded to a whole number of the widest vector (AVX-512's 64 bytes).
 constexpr int64_t kWidestVectorBytes = 64;
+template <typename scalar_t>
+constexpr int64_t kWidestLanes = kWidestVectorBytes / static_cast<int64_t>(sizeof(scalar_t));
 
 // Scratch tables start on a vector boundary: from malloc's 16-byte alignment, a run-dependent half
 // of the compositing loop's 64-byte factor loads crossed a cache line (two loads each).
@@ -166,19 +168,27 @@ using AlignedVector = std::vector<T, WidestVectorAligned<T>>;
 // Estrin's scheme, and scale times 2^n off the critical path: the factor loop is bound by this
 // chain's latency, which Horner's scheme makes several times deeper. Out-of-range x gives garbage that the caller
 // masks off.
-inline __attribute__((always_inline)) float scaled_exp_neg(float x, float scale) {
-  const float shifted = -x * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
-  const float n = shifted - 12582912.0f;
-  const int32_t n_bits = __builtin_bit_cast(int32_t, shifted) - 0x4B400000;
-  const float r = -x - n * 0.693359375f + n * 2.12194440e-4f;
+//
+// Written once for `float` (Bits = int32_t) and for GCC vectors of floats (Bits = the int vector of
+// their width), which the soft composites' loops use: every lane computes exactly what the scalar does.
+template <typename Float, typename Bits>
+inline __attribute__((always_inline)) Float scaled_exp_neg_float(Float x, Float scale) {
+  const Float shifted = -x * 1.44269504088896341f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer
+  const Float n = shifted - 12582912.0f;
+  const Bits n_bits = __builtin_bit_cast(Bits, shifted) - 0x4B400000;
+  const Float r = -x - n * 0.693359375f + n * 2.12194440e-4f;
   // exp(r) = 1 + r + r^2 (c0 + c1 r + ... + c5 r^5), the brackets paired as (c0 + c1 r) + r^2 (...).
-  const float r2 = r * r;
-  const float c01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
-  const float c23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
-  const float c45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
-  const float p = c01 + r2 * (c23 + r2 * c45);
-  const float scaled_power = scale * __builtin_bit_cast(float, (n_bits + 127) << 23);  // scale * 2^n
+  const Float r2 = r * r;
+  const Float c01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
+  const Float c23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
+  const Float c45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
+  const Float p = c01 + r2 * (c23 + r2 * c45);
+  const Float scaled_power = scale * __builtin_bit_cast(Float, (n_bits + 127) << 23);  // scale * 2^n
   return (r2 * p + (r + 1.0f)) * scaled_power;
+}
+
+inline __attribute__((always_inline)) float scaled_exp_neg(float x, float scale) {
+  return scaled_exp_neg_float<float, int32_t>(x, scale);
 }
 
 inline double scaled_exp_neg(double x, double scale) { return scale * std::exp(-x); }
@@ -203,7 +213,7 @@ inline __attribute__((always_inline)) void axis_factors(scalar_t* __restrict__ o
                                                         const scalar_t* __restrict__ centres, scalar_t origin,
                                                         const scalar_t* __restrict__ sigmas,
                                                         const scalar_t* __restrict__ scales) {
-  constexpr int32_t lanes = kWidestVectorBytes / sizeof(scalar_t);
+  constexpr int32_t lanes = kWidestLanes<scalar_t>;
   for (int64_t n = 0; n < n_markers; ++n) {
     const scalar_t offset = origin - centres[2 * n], scale = scales ? scales[n] : scalar_t(1);
     const scalar_t inv_sigma = std::min(scalar_t(1) / sigmas[n], std::numeric_limits<scalar_t>::max());
@@ -240,7 +250,7 @@ struct FactorTables {
   // `amps` scales the column factors (the forward); nullptr gives the bare Gaussian (the backward).
   void fill(const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t n_markers, int64_t width,
             const Tile& tile) {
-    constexpr int64_t lanes = kWidestVectorBytes / sizeof(scalar_t);
+    constexpr int64_t lanes = kWidestLanes<scalar_t>;
     col_stride = (width + lanes - 1) / lanes * lanes;
     row_stride = (tile.rows + lanes - 1) / lanes * lanes;
     cols.resize(n_markers * col_stride);
@@ -250,6 +260,25 @@ struct FactorTables {
                                 static_cast<const scalar_t*>(nullptr));
   }
 };
+
+// The backwards' last step: each tile wrote its per-marker sums to partials [items, N, kPartials]
+// (item = b * tiles_per_image + tile); this calls finish(bn, sums) for every marker bn = b * N + n with
+// its sums over the image's tiles, added in tile order, so the result does not depend on the threads.
+template <int64_t kPartials, typename Finish>
+void sum_tile_partials(const std::vector<double>& partials, const Tiling& tiling, int64_t batch, int64_t n_markers,
+                       const Finish& finish) {
+  at::parallel_for(0, batch * n_markers, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bn = begin; bn < end; ++bn) {
+      const int64_t b = bn / n_markers, n = bn % n_markers;
+      double sums[kPartials] = {};
+      for (int64_t t = 0; t < tiling.tiles_per_image; ++t) {
+        const double* p = partials.data() + ((b * tiling.tiles_per_image + t) * n_markers + n) * kPartials;
+        for (int64_t k = 0; k < kPartials; ++k) sums[k] += p[k];
+      }
+      finish(bn, sums);
+    }
+  });
+}
 
 }  // namespace cpu
 }  // namespace splatkern

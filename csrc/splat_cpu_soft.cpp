@@ -45,9 +45,6 @@ namespace {
 // The sums of a marker's gradients (see above): sum h, sum h dx, sum h dy, sum h (dx^2 + dy^2).
 constexpr int64_t kSoftPartials = 4;
 
-template <typename scalar_t>
-constexpr int64_t kLanes = kWidestVectorBytes / sizeof(scalar_t);
-
 // The rows [row_begin, row_end) of a tile and its columns [col_begin, col_end), in whole widest
 // vectors, outside which a marker's value is 0; empty (all 0) where it is 0 on the whole tile.
 struct Support {
@@ -70,7 +67,7 @@ bool skip_outside_supports() {
 template <typename scalar_t>
 void find_supports(const FactorTables<scalar_t>& tables, int64_t n_markers, int64_t width, int64_t rows,
                    std::vector<Support>& supports) {
-  constexpr int64_t lanes = kLanes<scalar_t>;
+  constexpr int64_t lanes = kWidestLanes<scalar_t>;
   if (!skip_outside_supports()) {
     supports.assign(n_markers, Support{0, rows, 0, tables.col_stride});
     return;
@@ -143,23 +140,14 @@ struct Vec {
   static inline __attribute__((always_inline)) V keep_or_zero(Mask keep, V value) { return (V)((Mask)value & keep); }
 
   // scale * exp(-x), flushed to 0 unless 0 <= x <= the flush exponent, as the axis factors are.
-  // float: scaled_exp_neg's polynomial, operation for operation; double: std::exp, lane by lane.
+  // float: scaled_exp_neg's polynomial on the vector; double: scaled_exp_neg, lane by lane.
   static inline __attribute__((always_inline)) V flushed_exp_neg(V x, V scale) {
     const Mask keep = (x >= scalar_t(0)) & (x <= kFlushExponent<scalar_t>);
     V value;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      const V shifted = -x * 1.44269504088896341f + 12582912.0f;
-      const V n = shifted - 12582912.0f;
-      const Mask n_bits = (Mask)shifted - 0x4B400000;
-      const V r = -x - n * 0.693359375f + n * 2.12194440e-4f;
-      const V r2 = r * r;
-      const V c01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
-      const V c23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
-      const V c45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
-      const V p = c01 + r2 * (c23 + r2 * c45);
-      value = (r2 * p + (r + 1.0f)) * (scale * (V)((n_bits + 127) << 23));
+      value = scaled_exp_neg_float<V, Mask>(x, scale);
     } else {
-      for (int64_t k = 0; k < kCount; ++k) value[k] = scale[k] * std::exp(-x[k]);
+      for (int64_t k = 0; k < kCount; ++k) value[k] = scaled_exp_neg(x[k], scale[k]);
     }
     return keep_or_zero(keep, value);
   }
@@ -287,7 +275,7 @@ inline __attribute__((always_inline)) void soft_backward_tile(const SoftTile<sca
   const FactorTables<scalar_t>& tables = *tile.tables;
   const scalar_t* grad = scratch.grad.data();
   const V lane_offsets = W::iota();
-  constexpr int64_t kWidest = kLanes<scalar_t>;
+  constexpr int64_t kWidest = kWidestLanes<scalar_t>;
   for (int64_t n = 0; n < tile.n_markers; ++n) {
     const Support s = tile.supports[n];
     const scalar_t amp = amps[n], mx = means[2 * n], my = means[2 * n + 1];
@@ -432,21 +420,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_backward(const at::Tensor& g
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();
     scalar_t* gs = grad_sigmas.mutable_data_ptr<scalar_t>();
     scalar_t* ga = grad_amps.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * n_markers, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t bn = begin; bn < end; ++bn) {
-        const int64_t b = bn / n_markers, n = bn % n_markers;
-        double sums[kSoftPartials] = {0, 0, 0, 0};
-        for (int64_t t = 0; t < tiling.tiles_per_image; ++t) {  // in tile order: deterministic
-          const double* p = partials.data() + ((b * tiling.tiles_per_image + t) * n_markers + n) * kSoftPartials;
-          for (int64_t k = 0; k < kSoftPartials; ++k) sums[k] += p[k];
-        }
-        const double amp = double(a[bn]), inv_sigma = 1.0 / double(s[bn]);
-        const double scale = amp * inv_sigma * inv_sigma;
-        ga[bn] = scalar_t(sums[0]);
-        gm[2 * bn] = scalar_t(scale * sums[1]);
-        gm[2 * bn + 1] = scalar_t(scale * sums[2]);
-        gs[bn] = scalar_t(scale * inv_sigma * sums[3]);
-      }
+    sum_tile_partials<kSoftPartials>(partials, tiling, batch, n_markers, [&](int64_t bn, const double* sums) {
+      const double amp = double(a[bn]), inv_sigma = 1.0 / double(s[bn]);
+      const double scale = amp * inv_sigma * inv_sigma;
+      ga[bn] = scalar_t(sums[0]);
+      gm[2 * bn] = scalar_t(scale * sums[1]);
+      gm[2 * bn + 1] = scalar_t(scale * sums[2]);
+      gs[bn] = scalar_t(scale * inv_sigma * sums[3]);
     });
   });
   return {grad_means, grad_sigmas, grad_amps};
