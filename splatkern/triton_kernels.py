@@ -723,6 +723,31 @@ def _check_pixel_count(height: int, width: int) -> None:
         raise ValueError(f"splat_render: the Triton kernels take images of < 2^31 pixels, got {height} x {width}")
 
 
+def _tile_grid(height: int, width: int, config: dict) -> tuple[int, int]:
+    """(tiles across, tiles per image) of the 4-D tiles of a forward-style `config`."""
+    tiles_across = _cdiv(width, config["COL_REPEATS"] * config["COL_SPAN"])
+    return tiles_across, _cdiv(height, config["ROW_REPEATS"] * config["ROW_SPAN"]) * tiles_across
+
+
+def _gradient_buffers(means, sigmas, amps, deterministic: bool) -> list[torch.Tensor]:
+    """The three gradients' tensors: zeroed where the kernel adds into them with atomics; left
+    uninitialised where the deterministic sums write every element."""
+    grads = [torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)]
+    if not deterministic:
+        torch._foreach_zero_(grads)  # one launch for the three
+    return grads
+
+
+def _sum_partials(partials: torch.Tensor, grad_means, grad_sigmas, grad_amps) -> None:
+    """The deterministic backwards' second kernel: partials [B, tiles, 4, N] summed in tile order."""
+    batch, tiles_per_image, _, n_markers = partials.shape
+    sum_config = _sum_partials_config(n_markers)
+    blocks_per_image = _cdiv(n_markers, sum_config["BLOCK_N"])
+    _sum_partials_kernel[(batch * blocks_per_image,)](
+        partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
+    )
+
+
 def forward(
     means: torch.Tensor,
     sigmas: torch.Tensor,
@@ -756,10 +781,7 @@ def forward(
     if batch == 0:
         return image, index
     config = config or _forward_config(height, width, means.dtype)
-    tile_rows = config["ROW_REPEATS"] * config["ROW_SPAN"]
-    tile_cols = config["COL_REPEATS"] * config["COL_SPAN"]
-    tiles_across = _cdiv(width, tile_cols)
-    tiles_per_image = _cdiv(height, tile_rows) * tiles_across
+    tiles_across, tiles_per_image = _tile_grid(height, width, config)
     capturing = _capturing(means)
     flaws = _flag_word(means.device, capturing)
     with _on_device(means):
@@ -796,10 +818,7 @@ def backward(
     if composite != "max":
         return _soft_backward(grad_image, means, sigmas, amps, deterministic, config, composite, temperature)
     batch, n_markers = sigmas.shape
-    grads = [torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)]
-    if not deterministic:  # the kernel adds into them; the deterministic sums write every element
-        torch._foreach_zero_(grads)  # one launch for the three
-    grad_means, grad_sigmas, grad_amps = grads
+    grad_means, grad_sigmas, grad_amps = _gradient_buffers(means, sigmas, amps, deterministic)
     if n_markers == 0 or batch == 0:
         return grad_means, grad_sigmas, grad_amps
     capturing = _capturing(means)
@@ -817,11 +836,7 @@ def backward(
             **{"WIDE_KEYS": _wide_keys(n_markers, config["BLOCK_PIX"]), **config},  # a config may force int64 keys
         )  # fmt: skip
         if deterministic:
-            sum_config = _sum_partials_config(n_markers)
-            blocks_per_image = _cdiv(n_markers, sum_config["BLOCK_N"])
-            _sum_partials_kernel[(batch * blocks_per_image,)](
-                partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
-            )
+            _sum_partials(partials, grad_means, grad_sigmas, grad_amps)
     if not capturing:
         raise_bad_index(bool(bad_index.item()), n_markers)  # the call's one host sync
     return grad_means, grad_sigmas, grad_amps
@@ -837,8 +852,7 @@ def _soft_forward(means, sigmas, amps, height, width, config, composite, tempera
     if batch == 0:
         return image, index
     config = config or _soft_forward_config(height, width, means.dtype, composite)
-    tiles_across = _cdiv(width, config["COL_REPEATS"] * config["COL_SPAN"])
-    tiles_per_image = _cdiv(height, config["ROW_REPEATS"] * config["ROW_SPAN"]) * tiles_across
+    tiles_across, tiles_per_image = _tile_grid(height, width, config)
     capturing = _capturing(means)
     flaws = _flag_word(means.device, capturing)
     with _on_device(means):
@@ -858,15 +872,11 @@ def _soft_backward(grad_image, means, sigmas, amps, deterministic, config, compo
     sync: the forward checked the values."""
     height, width = grad_image.shape[1:]
     batch, n_markers = sigmas.shape
-    grads = [torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)]
-    if not deterministic:  # the kernel adds into them; the deterministic sums write every element
-        torch._foreach_zero_(grads)
-    grad_means, grad_sigmas, grad_amps = grads
+    grad_means, grad_sigmas, grad_amps = _gradient_buffers(means, sigmas, amps, deterministic)
     if n_markers == 0 or batch == 0:
         return grad_means, grad_sigmas, grad_amps
     config = config or _soft_backward_config(height, width, means.dtype, composite)
-    tiles_across = _cdiv(width, config["COL_REPEATS"] * config["COL_SPAN"])
-    tiles_per_image = _cdiv(height, config["ROW_REPEATS"] * config["ROW_SPAN"]) * tiles_across
+    tiles_across, tiles_per_image = _tile_grid(height, width, config)
     # Every program writes its tile's four sums of every marker: no zero fill needed.
     partials = means.new_empty(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
     with _on_device(means):
@@ -878,9 +888,5 @@ def _soft_backward(grad_image, means, sigmas, amps, deterministic, config, compo
             **config,
         )  # fmt: skip
         if deterministic:
-            sum_config = _sum_partials_config(n_markers)
-            blocks_per_image = _cdiv(n_markers, sum_config["BLOCK_N"])
-            _sum_partials_kernel[(batch * blocks_per_image,)](
-                partials, grad_means, grad_sigmas, grad_amps, n_markers, tiles_per_image, blocks_per_image, **sum_config
-            )
+            _sum_partials(partials, grad_means, grad_sigmas, grad_amps)
     return grad_means, grad_sigmas, grad_amps
