@@ -86,38 +86,58 @@ void check_forward_layout(const at::Tensor& means, const at::Tensor& sigmas, con
 }
 
 void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
-                           const at::Tensor& amps, const at::Tensor& index, Composite composite) {
+                           const at::Tensor& amps, const at::Tensor& saved, Composite composite) {
   check_marker_layout(means, sigmas, amps);
   TORCH_CHECK_VALUE(grad_image.dim() == 3 && grad_image.size(0) == means.size(0),
                     message("splat_backward: grad_image must have shape [B, H, W], got ", grad_image.sizes()));
   TORCH_CHECK_TYPE(grad_image.scalar_type() == means.scalar_type(),
                    "splat_backward: grad_image must have the dtype of means");
-  if (composite != kMax) {  // no winner map
-    TORCH_CHECK_VALUE(grad_image.device() == means.device(), "splat_backward: all tensors must be on one device");
-    TORCH_CHECK_VALUE(grad_image.is_contiguous(), "splat_backward: the kernels take contiguous tensors");
+  if (composite != kMax) {  // `saved` is the soft state
+    const int64_t height = grad_image.size(1), width = grad_image.size(2);
+    TORCH_CHECK_VALUE(saved.dim() == 4 && saved.size(0) == means.size(0) && saved.size(1) == kSoftStatePlanes &&
+                          saved.size(2) == height && saved.size(3) == width,
+                      message("splat_backward: the soft state must have shape [B, ", kSoftStatePlanes,
+                              ", H, W] for grad_image ", grad_image.sizes(), ", got ", saved.sizes()));
+    TORCH_CHECK_TYPE(saved.scalar_type() == means.scalar_type(),
+                     "splat_backward: the soft state must have the dtype of means");
+    TORCH_CHECK_VALUE(grad_image.device() == means.device() && saved.device() == means.device(),
+                      "splat_backward: all tensors must be on one device");
+    TORCH_CHECK_VALUE(grad_image.is_contiguous() && saved.is_contiguous(),
+                      "splat_backward: the kernels take contiguous tensors");
     return;
   }
-  TORCH_CHECK_VALUE(index.sizes() == grad_image.sizes(),
+  TORCH_CHECK_VALUE(saved.sizes() == grad_image.sizes(),
                     message("splat_backward: index must have the shape of grad_image ", grad_image.sizes(),
-                            ", got ", index.sizes()));
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kInt, "splat_backward: index must be int32");
-  TORCH_CHECK_VALUE(grad_image.device() == means.device() && index.device() == means.device(),
+                            ", got ", saved.sizes()));
+  TORCH_CHECK_TYPE(saved.scalar_type() == at::kInt, "splat_backward: index must be int32");
+  TORCH_CHECK_VALUE(grad_image.device() == means.device() && saved.device() == means.device(),
                     "splat_backward: all tensors must be on one device");
-  TORCH_CHECK_VALUE(grad_image.is_contiguous() && index.is_contiguous(),
+  TORCH_CHECK_VALUE(grad_image.is_contiguous() && saved.is_contiguous(),
                     "splat_backward: the kernels take contiguous tensors");
 }
 
 TORCH_LIBRARY(splatkern, m) {
-  // Flattened batch: means [B, N, 2], sigmas/amps [B, N] -> image [B, H, W], index [B, H, W] int32
-  // for composite "max"; the other modes have no winner and return an empty index [B, 0, 0].
+  // Flattened batch: means [B, N, 2], sigmas/amps [B, N] -> image [B, H, W] and `saved`, what the
+  // backward reads besides the markers:
+  // - composite "max": the int32 winner map [B, H, W] (the public op's index), -1 where N = 0;
+  // - the soft composites: their per-pixel state [B, kSoftStatePlanes = 2, H, W] in the markers' dtype,
+  //   O(B H W) memory that spares the backward a pass over the markers to rebuild it. With v_n the
+  //   marker values at a pixel:
+  //     softor, over: plane 0 Q = the product of the factors (1 - v_n) that are not 0 (1 if none);
+  //       plane 1 Z = how many are 0 (v_n = 1 exactly), a whole number in the dtype. Then
+  //       d out / d v_n = Q / (1 - v_n) if Z = 0; Q for the marker with v_n = 1 if Z = 1; else 0.
+  //     smoothmax: plane 0 L = M + t log sum_n exp((v_n - M) / t), t times the log-sum-exp of v / t
+  //       (M the max of all N values, 0 included for a marker that is 0 there); plane 1 the image
+  //       value out. Then w_n = exp((v_n - L) / t) and d out / d v_n = w_n (1 + (v_n - out) / t).
+  //   With N = 0 the state is all zeros and nothing reads it.
   // `deterministic` asks the backward of GPU backends for a bit-reproducible reduction; the CPU
   // kernel is always deterministic. It sits in the forward schema so autograd can pass it on, as do
   // `composite` and `temperature` (read by smoothmax only).
-  // splat_backward trusts the markers' values (its forward checked them) but not index, which it
-  // gathers by for "max": a value outside [0, N) raises.
+  // splat_backward trusts the markers' values and a soft state (its forward made them) but not a
+  // winner map, which it gathers by for "max": a value outside [0, N) raises.
   m.def("splat_forward(Tensor means, Tensor sigmas, Tensor amps, int height, int width, bool deterministic, "
-        "str composite=\"max\", float temperature=1.0) -> (Tensor image, Tensor index)");
-  m.def("splat_backward(Tensor grad_image, Tensor means, Tensor sigmas, Tensor amps, Tensor index, "
+        "str composite=\"max\", float temperature=1.0) -> (Tensor image, Tensor saved)");
+  m.def("splat_backward(Tensor grad_image, Tensor means, Tensor sigmas, Tensor amps, Tensor saved, "
         "bool deterministic, str composite=\"max\", float temperature=1.0) "
         "-> (Tensor grad_means, Tensor grad_sigmas, Tensor grad_amps)");
 }

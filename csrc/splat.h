@@ -45,12 +45,13 @@ void raise_marker_flaws(int32_t flaws);
 void check_forward_layout(const at::Tensor& means, const at::Tensor& sigmas, const at::Tensor& amps,
                           int64_t height, int64_t width);
 
-// The same for splat_backward, plus grad_image [B, H, W] of the inputs' dtype and, for kMax, index
-// [B, H, W] int32 (the other modes ignore index). The backward trusts the markers' values (its
-// forward checked them); it checks that index lies in [0, N) inside its kernel, since it gathers
-// markers by it.
+// The same for splat_backward, plus grad_image [B, H, W] of the inputs' dtype and the forward's
+// `saved` (csrc/splat.cpp): for kMax the winner map [B, H, W] int32, for the soft composites their
+// state [B, kSoftStatePlanes, H, W] of the inputs' dtype. The backward trusts the markers' values and
+// a soft state (its forward made them); it checks that a winner map lies in [0, N) inside its
+// kernel, since it gathers markers by it.
 void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
-                           const at::Tensor& amps, const at::Tensor& index, Composite composite);
+                           const at::Tensor& amps, const at::Tensor& saved, Composite composite);
 
 // Raises the ValueError for a winner map that held a value outside [0, n_markers), when `found`.
 void raise_bad_index(bool found, int64_t n_markers);

@@ -42,15 +42,15 @@ class SplatRender : public torch::autograd::Function<SplatRender> {
                                c10::string_view composite, double temperature) {
     // Below the Autograd key, or this kernel would call itself.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [image, index] = forward_op().call(means, sigmas, amps, height, width, deterministic, composite, temperature);
-    ctx->save_for_backward({means, sigmas, amps, index});
+    auto [image, saved] = forward_op().call(means, sigmas, amps, height, width, deterministic, composite, temperature);
+    ctx->save_for_backward({means, sigmas, amps, saved});
     ctx->saved_data["deterministic"] = deterministic;
     ctx->saved_data["composite"] = std::string(composite);
     ctx->saved_data["temperature"] = temperature;
-    ctx->mark_non_differentiable({index});
-    // Otherwise autograd zero-fills a [B, H, W] int32 gradient for `index` on every backward.
+    ctx->mark_non_differentiable({saved});
+    // Otherwise autograd zero-fills a gradient for `saved` on every backward.
     ctx->set_materialize_grads(false);
-    return {image, index};
+    return {image, saved};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -71,11 +71,11 @@ class SplatRender : public torch::autograd::Function<SplatRender> {
 class SplatRenderBackward : public torch::autograd::Function<SplatRenderBackward> {
  public:
   static variable_list forward(AutogradContext*, const at::Tensor& grad_image, const at::Tensor& means,
-                               const at::Tensor& sigmas, const at::Tensor& amps, const at::Tensor& index,
+                               const at::Tensor& sigmas, const at::Tensor& amps, const at::Tensor& saved,
                                bool deterministic, c10::string_view composite, double temperature) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [grad_means, grad_sigmas, grad_amps] =
-        backward_op().call(grad_image, means, sigmas, amps, index, deterministic, composite, temperature);
+        backward_op().call(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature);
     return {grad_means, grad_sigmas, grad_amps};
   }
 
@@ -96,11 +96,11 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_autograd(const at::Tensor& mean
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_autograd(const at::Tensor& grad_image,
                                                                        const at::Tensor& means, const at::Tensor& sigmas,
-                                                                       const at::Tensor& amps, const at::Tensor& index,
+                                                                       const at::Tensor& amps, const at::Tensor& saved,
                                                                        bool deterministic, c10::string_view composite,
                                                                        double temperature) {
   const variable_list grads =
-      SplatRenderBackward::apply(grad_image, means, sigmas, amps, index, deterministic, composite, temperature);
+      SplatRenderBackward::apply(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature);
   return {grads[0], grads[1], grads[2]};
 }
 

@@ -165,9 +165,11 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, co
   raise_marker_flaws(find_flaws(means, sigmas, amps, composite));
   const int64_t batch = means.size(0), n_markers = means.size(1);
   if (composite != kMax) {
-    const at::Tensor no_index = at::empty({batch, 0, 0}, means.options().dtype(at::kInt));
-    if (n_markers == 0) return {at::zeros({batch, height, width}, means.options()), no_index};
-    return {soft_forward(means, sigmas, amps, height, width, composite, temperature), no_index};
+    if (n_markers == 0) {
+      return {at::zeros({batch, height, width}, means.options()),
+              at::zeros({batch, kSoftStatePlanes, height, width}, means.options())};
+    }
+    return soft_forward(means, sigmas, amps, height, width, composite, temperature);
   }
   if (n_markers == 0) {
     return {at::zeros({batch, height, width}, means.options()),
@@ -294,17 +296,18 @@ void marker_gradients(const double* sums, scalar_t mx_in, scalar_t my_in, scalar
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cpu(const at::Tensor& grad_image,
                                                                   const at::Tensor& means,
                                                                   const at::Tensor& sigmas, const at::Tensor& amps,
-                                                                  const at::Tensor& index,
+                                                                  const at::Tensor& saved,
                                                                   bool /*deterministic: always*/,
                                                                   c10::string_view composite_name, double temperature) {
   const Composite composite = parse_composite(composite_name, temperature);
-  check_backward_layout(grad_image, means, sigmas, amps, index, composite);
+  check_backward_layout(grad_image, means, sigmas, amps, saved, composite);
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2);
   if (n_markers == 0 || batch == 0) {
     return {at::zeros_like(means), at::zeros_like(sigmas), at::zeros_like(amps)};
   }
-  if (composite != kMax) return soft_backward(grad_image, means, sigmas, amps, composite, temperature);
+  if (composite != kMax) return soft_backward(grad_image, means, sigmas, amps, saved, composite, temperature);
+  const at::Tensor& index = saved;  // the winner map
   at::Tensor grad_means = at::empty_like(means);  // every entry is written below
   at::Tensor grad_sigmas = at::empty_like(sigmas);
   at::Tensor grad_amps = at::empty_like(amps);

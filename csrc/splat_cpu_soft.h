@@ -9,14 +9,18 @@
 namespace splatkern {
 namespace cpu {
 
-// The image [B, H, W] of markers [B, N, ...] under `composite` (not kMax).
-at::Tensor soft_forward(const at::Tensor& means, const at::Tensor& sigmas, const at::Tensor& amps, int64_t height,
-                        int64_t width, Composite composite, double temperature);
+// The image [B, H, W] of markers [B, N, ...] under `composite` (not kMax), and the per-pixel state
+// [B, kSoftStatePlanes, H, W] its backward reads (csrc/splat.cpp).
+std::tuple<at::Tensor, at::Tensor> soft_forward(const at::Tensor& means, const at::Tensor& sigmas,
+                                                const at::Tensor& amps, int64_t height, int64_t width,
+                                                Composite composite, double temperature);
 
-// The gradients of that image w.r.t. means, sigmas and amps, given the image's gradient [B, H, W].
+// The gradients of that image w.r.t. means, sigmas and amps, given the image's gradient [B, H, W]
+// and the forward's state.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_image, const at::Tensor& means,
                                                              const at::Tensor& sigmas, const at::Tensor& amps,
-                                                             Composite composite, double temperature);
+                                                             const at::Tensor& state, Composite composite,
+                                                             double temperature);
 
 }  // namespace cpu
 }  // namespace splatkern

@@ -50,16 +50,19 @@ auto launcher(cudaStream_t stream) {
   };
 }
 
-// splat_forward_cuda for the soft composites, after its checks: the image, and an empty index
-// [B, 0, 0] (these modes have no winner map).
+// splat_forward_cuda for the soft composites, after its checks: the image, and the per-pixel state
+// [B, kSoftStatePlanes, H, W] their backward reads (csrc/splat.cpp), all zeros where N = 0.
 std::tuple<at::Tensor, at::Tensor> soft_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
                                                      const at::Tensor& amps, int64_t height, int64_t width,
                                                      Composite composite, double temperature) {
   const int64_t batch = means.size(0), n_markers = means.size(1);
-  at::Tensor no_index = at::empty({batch, 0, 0}, means.options().dtype(at::kInt));
-  if (n_markers == 0) return {at::zeros({batch, height, width}, means.options()), no_index};
+  if (n_markers == 0) {
+    return {at::zeros({batch, height, width}, means.options()),
+            at::zeros({batch, kSoftStatePlanes, height, width}, means.options())};
+  }
   at::Tensor image = at::empty({batch, height, width}, means.options());
-  if (batch == 0) return {image, no_index};
+  at::Tensor state = at::empty({batch, kSoftStatePlanes, height, width}, means.options());
+  if (batch == 0) return {image, state};
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool capturing = stream_is_capturing(stream);
@@ -68,10 +71,10 @@ std::tuple<at::Tensor, at::Tensor> soft_forward_cuda(const at::Tensor& means, co
     kernels::launch_soft_forward(launcher(stream), composite, temperature, means.const_data_ptr<scalar_t>(),
                                  sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(), batch,
                                  int(n_markers), int(height), int(width), image.mutable_data_ptr<scalar_t>(),
-                                 flaws.mutable_data_ptr<int32_t>());
+                                 state.mutable_data_ptr<scalar_t>(), flaws.mutable_data_ptr<int32_t>());
   });
   if (!capturing) raise_marker_flaws(flaws.item<int32_t>());  // the call's one host sync
-  return {image, no_index};
+  return {image, state};
 }
 
 std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, const at::Tensor& sigmas,
@@ -108,10 +111,11 @@ std::tuple<at::Tensor, at::Tensor> splat_forward_cuda(const at::Tensor& means, c
 }
 
 // splat_backward_cuda for the soft composites, into the gradients it allocated (zeroed unless
-// deterministic), for N >= 1 and at least one pixel. No index to check: no host sync.
+// deterministic), for N >= 1 and at least one pixel, from the state their forward saved. No index to
+// check: no host sync.
 void soft_backward_cuda(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
-                        const at::Tensor& amps, bool deterministic, Composite composite, double temperature,
-                        at::Tensor& grad_means, at::Tensor& grad_sigmas, at::Tensor& grad_amps) {
+                        const at::Tensor& amps, const at::Tensor& state, bool deterministic, Composite composite,
+                        double temperature, at::Tensor& grad_means, at::Tensor& grad_sigmas, at::Tensor& grad_amps) {
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -123,9 +127,10 @@ void soft_backward_cuda(const at::Tensor& grad_image, const at::Tensor& means, c
     }
     kernels::launch_soft_backward(launcher(stream), composite, temperature, deterministic,
                                   grad_image.const_data_ptr<scalar_t>(), means.const_data_ptr<scalar_t>(),
-                                  sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(), batch,
-                                  int(n_markers), int(height), int(width), grad_means.mutable_data_ptr<scalar_t>(),
-                                  grad_sigmas.mutable_data_ptr<scalar_t>(), grad_amps.mutable_data_ptr<scalar_t>(),
+                                  sigmas.const_data_ptr<scalar_t>(), amps.const_data_ptr<scalar_t>(),
+                                  state.const_data_ptr<scalar_t>(), batch, int(n_markers), int(height), int(width),
+                                  grad_means.mutable_data_ptr<scalar_t>(), grad_sigmas.mutable_data_ptr<scalar_t>(),
+                                  grad_amps.mutable_data_ptr<scalar_t>(),
                                   deterministic ? reinterpret_cast<Terms<scalar_t>*>(partials.mutable_data_ptr<scalar_t>())
                                                 : nullptr);
   });
@@ -134,10 +139,10 @@ void soft_backward_cuda(const at::Tensor& grad_image, const at::Tensor& means, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Tensor& grad_image,
                                                                    const at::Tensor& means,
                                                                    const at::Tensor& sigmas, const at::Tensor& amps,
-                                                                   const at::Tensor& index, bool deterministic,
+                                                                   const at::Tensor& saved, bool deterministic,
                                                                    c10::string_view composite_name, double temperature) {
   const Composite composite = parse_composite(composite_name, temperature);
-  check_backward_layout(grad_image, means, sigmas, amps, index, composite);
+  check_backward_layout(grad_image, means, sigmas, amps, saved, composite);
   const c10::cuda::CUDAGuard device_guard(means.device());
   const int64_t batch = means.size(0), n_markers = means.size(1);
   const int64_t height = grad_image.size(1), width = grad_image.size(2), pixels = height * width;
@@ -152,8 +157,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
   if (!deterministic || nothing_to_add) at::_foreach_zero_({grad_means, grad_sigmas, grad_amps});  // one launch
   if (nothing_to_add) return {grad_means, grad_sigmas, grad_amps};
   if (composite != kMax) {
-    soft_backward_cuda(grad_image, means, sigmas, amps, deterministic, composite, temperature, grad_means, grad_sigmas,
-                       grad_amps);
+    soft_backward_cuda(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature, grad_means,
+                       grad_sigmas, grad_amps);
     return {grad_means, grad_sigmas, grad_amps};
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -164,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> splat_backward_cuda(const at::Ten
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_backward_cuda", [&] {
     kernels::launch_backward(launcher(stream), deterministic, grad_image.const_data_ptr<scalar_t>(),
                              means.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(),
-                             amps.const_data_ptr<scalar_t>(), index.const_data_ptr<int32_t>(), batch, int(n_markers),
+                             amps.const_data_ptr<scalar_t>(), saved.const_data_ptr<int32_t>(), batch, int(n_markers),
                              pixels, int(width), grad_means.mutable_data_ptr<scalar_t>(),
                              grad_sigmas.mutable_data_ptr<scalar_t>(), grad_amps.mutable_data_ptr<scalar_t>(),
                              deterministic ? reinterpret_cast<Terms<scalar_t>*>(partials.mutable_data_ptr<scalar_t>()) : nullptr,

@@ -18,8 +18,8 @@
 // those in block order. The result depends on the problem shape only, never on timing.
 //
 // The soft composites (softor, over, smoothmax) have kernels of their own, in the section of that
-// name: the forward's tiles with a per-pixel state instead of a winner, and a backward that
-// recomputes that state before it sums every marker's terms per tile.
+// name: the forward's tiles with a per-pixel state instead of a winner, which the forward saves, and
+// a backward that reads that state and sums every marker's terms per tile.
 #pragma once
 
 #include "splat_facts.h"
@@ -452,23 +452,26 @@ __global__ void __launch_bounds__(kBackwardThreads)
 // derivation: splat_cpu_soft.cpp. Every marker adds to every pixel, so there is no winner map.
 //
 // Forward: the max forward's tiles, blocks, factor tables and pixels per thread, with a per-pixel
-// state instead of (best, winner): softor T = prod (1 - v), out = 1 - T; over acc += v T, T *= 1 - v;
-// smoothmax an online softmax (running max M, S = sum exp((v - M) / t), W = sum exp((v - M) / t) v,
-// rescaled whenever M grows; out = W / S), finite at any temperature. A marker whose factors are 0 on
-// all of a warp's rows, or on all of the tile's columns, has v = 0 exactly on the warp's pixels: the
-// warp skips it (softor and over are unchanged by v = 0; smoothmax counts the skipped markers per
-// thread and adds them as v = 0 at the end).
+// state instead of (best, winner). softor and over keep the product of the factors 1 - v as the
+// backward needs it: Q = the product of the nonzero ones and Z = how many are 0 (v = 1 exactly);
+// T = prod (1 - v) is Q while Z = 0, else 0. softor out = 1 - T; over acc += v T. smoothmax: an online
+// softmax (running max M, S = sum exp((v - M) / t), W = sum exp((v - M) / t) v, rescaled whenever M
+// grows; out = W / S), finite at any temperature. A marker whose factors are 0 on all of a warp's
+// rows, or on all of the tile's columns, has v = 0 exactly on the warp's pixels: the warp skips it
+// (softor and over are unchanged by v = 0; smoothmax counts the skipped markers per thread and adds
+// them as v = 0 at the end). Each pixel's image value and its saved state [B, kSoftStatePlanes, H, W]
+// (csrc/splat.cpp) are written at the end: softor/over (Q, Z), smoothmax (L = M + t log S, out).
 //
-// Backward: the same tiles, one block per tile. Pass 1 recomputes the per-pixel state over all
-// markers (softor/over: Q = product of the nonzero factors 1 - v, Z = count of zero ones; smoothmax:
-// M, S, out); pass 2 goes over the markers again and, per marker, sums its terms over the thread's
-// pixels in registers, over the warp with 6 shuffles (warp_sum_terms), and over the 4 warps in shared
-// memory, in warp order. Then per marker and block: deterministic=false: one atomicAdd per gradient
-// (add_gradients); deterministic=true: the block's sum goes to partials[block][marker], which
-// reduce_partials_kernel adds in block order. Within a block the order of every addition is fixed,
-// so the deterministic result depends on the problem's shape only.
+// Backward: the same tiles, one block per tile. Each thread reads its pixels' saved state once, then
+// goes over the markers and, per marker, sums its terms over the thread's pixels in registers, over
+// the warp with 6 shuffles (warp_sum_terms), and over the 4 warps in shared memory, in warp order.
+// Then per marker and block: deterministic=false: one atomicAdd per gradient (add_gradients);
+// deterministic=true: the block's sum goes to partials[block][marker], which reduce_partials_kernel
+// adds in block order. Within a block the order of every addition is fixed, so the deterministic
+// result depends on the problem's shape only.
 
-// A pixel's running state: softor (T, -, -), over (T, acc, -), smoothmax (M, S, W).
+// A pixel's running state: softor (Q, -, Z), over (Q, acc, Z), smoothmax (M, S, W). Z, a whole
+// number, is kept in the dtype it is saved in.
 template <typename scalar_t>
 struct SoftState {
   scalar_t a, b, c;
@@ -483,23 +486,39 @@ __device__ __forceinline__ SoftState<scalar_t> soft_start() {
   }
 }
 
-// Composites `weight` markers of value v (smoothmax; 1 for the others, which ignore it) into s.
+// The factor 1 - v of a value v = row * col, rounded once (an explicit fma): the backward divides
+// the forward's Q by it, so both kernels must form it to the same bits, whatever the compiler would
+// contract. It is 0 exactly where v = 1, which with factors in [0, 1] means row = col = 1.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t soft_factor(scalar_t row, scalar_t col) {
+  return fma(-row, col, scalar_t(1));
+}
+
+// Adds `weight` markers of value v to a smoothmax state: an online softmax, where
+// d = exp(-|v - M| / t) rescales the sums where v is the new max (M = -inf at first: d = 0), else it
+// is v's own weight.
+template <typename scalar_t>
+__device__ __forceinline__ void smooth_add(SoftState<scalar_t>& s, scalar_t v, scalar_t inv_t, scalar_t weight) {
+  const bool greater = v > s.a;
+  const scalar_t d = exp_neg((greater ? v - s.a : s.a - v) * inv_t);
+  s.b = greater ? s.b * d + weight : s.b + weight * d;
+  s.c = greater ? s.c * d + weight * v : s.c + weight * d * v;
+  s.a = greater ? v : s.a;
+}
+
+// Composites a marker of value v = row * col (a row and a column factor of the forward's tables)
+// into s.
 template <Composite kComposite, typename scalar_t>
-__device__ __forceinline__ void soft_add(SoftState<scalar_t>& s, scalar_t v, scalar_t inv_t,
-                                         scalar_t weight = scalar_t(1)) {
-  if constexpr (kComposite == kSoftor) {
-    s.a *= scalar_t(1) - v;
-  } else if constexpr (kComposite == kOver) {
-    s.b += v * s.a;
-    s.a *= scalar_t(1) - v;
+__device__ __forceinline__ void soft_add(SoftState<scalar_t>& s, scalar_t row, scalar_t col, scalar_t inv_t) {
+  const scalar_t v = row * col;
+  if constexpr (kComposite == kSmoothmax) {
+    smooth_add(s, v, inv_t, scalar_t(1));
   } else {
-    // Online softmax: d = exp(-|v - M| / t) rescales the sums where v is the new max (M = -inf at
-    // first: d = 0), else it is v's own weight.
-    const bool greater = v > s.a;
-    const scalar_t d = exp_neg((greater ? v - s.a : s.a - v) * inv_t);
-    s.b = greater ? s.b * d + weight : s.b + weight * d;
-    s.c = greater ? s.c * d + weight * v : s.c + weight * d * v;
-    s.a = greater ? v : s.a;
+    if constexpr (kComposite == kOver) s.b += v * (s.c == scalar_t(0) ? s.a : scalar_t(0));  // v T
+    const scalar_t factor = soft_factor(row, col);
+    const scalar_t zero = factor == scalar_t(0) ? scalar_t(1) : scalar_t(0);
+    s.a *= factor + zero;  // 1 in place of a factor 0
+    s.c += zero;
   }
 }
 
@@ -507,11 +526,11 @@ __device__ __forceinline__ void soft_add(SoftState<scalar_t>& s, scalar_t v, sca
 template <Composite kComposite, typename scalar_t>
 __device__ __forceinline__ scalar_t soft_finish(SoftState<scalar_t>& s, int skipped, scalar_t inv_t) {
   if constexpr (kComposite == kSoftor) {
-    return scalar_t(1) - s.a;
+    return s.c == scalar_t(0) ? scalar_t(1) - s.a : scalar_t(1);
   } else if constexpr (kComposite == kOver) {
     return s.b;
   } else {
-    if (skipped > 0) soft_add<kSmoothmax>(s, scalar_t(0), inv_t, scalar_t(skipped));
+    if (skipped > 0) smooth_add(s, scalar_t(0), inv_t, scalar_t(skipped));
     return s.b > scalar_t(0) ? s.c / s.b : scalar_t(0);  // S >= 1 (M's own weight) but for N = 0
   }
 }
@@ -559,14 +578,15 @@ __device__ __forceinline__ void fill_soft_tables(SoftTables<scalar_t, kColumns>&
 }
 
 // The forward of a soft composite: forward_kernel's tiles and staging (see there), the per-pixel
-// state of kComposite. The first tile of each image checks its markers' values into *flaws, with
-// kAmpsOutsideUnit where the mode needs amps in [0, 1].
+// state of kComposite, and the state the backward reads into `saved` (see the section's top). The
+// first tile of each image checks its markers' values into *flaws, with kAmpsOutsideUnit where the
+// mode needs amps in [0, 1].
 template <typename scalar_t, int kColumns, Composite kComposite>
 __global__ void __launch_bounds__(kForwardThreads)
     forward_soft_kernel(const scalar_t* __restrict__ means, const scalar_t* __restrict__ sigmas,
                         const scalar_t* __restrict__ amps, int n_markers, int height, int width, int tiles_x,
                         int tiles_per_image, scalar_t inv_t, scalar_t* __restrict__ image,
-                        int32_t* __restrict__ flaws) {
+                        scalar_t* __restrict__ saved, int32_t* __restrict__ flaws) {
   __shared__ SoftTables<scalar_t, kColumns> t;
   const int64_t b = blockIdx.x / tiles_per_image;
   const int tile = blockIdx.x % tiles_per_image;
@@ -617,20 +637,34 @@ __global__ void __launch_bounds__(kForwardThreads)
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) {
 #pragma unroll
-        for (int c = 0; c < kColumns; ++c) soft_add<kComposite>(state[r][c], rows.of[r] * cols[c], inv_t);
+        for (int c = 0; c < kColumns; ++c) soft_add<kComposite>(state[r][c], rows.of[r], cols[c], inv_t);
       }
     }
   }
 
-  const int64_t image_offset = b * height * width;
+  const int64_t pixels = int64_t(height) * width;
+  image += b * pixels;
+  saved += b * kSoftStatePlanes * pixels;
+  // Row by row: in column order, ptxas spilled registers here (float, two columns, softor, sm_80).
 #pragma unroll
-  for (int c = 0; c < kColumns; ++c) {
-    const int x = x0 + lane + kWarpSize * c;
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const int y = y0 + warp * kRowsPerThread + r;
 #pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int y = y0 + warp * kRowsPerThread + r;
+    for (int c = 0; c < kColumns; ++c) {
+      const int x = x0 + lane + kWarpSize * c;
       const scalar_t out = soft_finish<kComposite>(state[r][c], skipped, inv_t);
-      if (x < width && y < height) image[image_offset + int64_t(y) * width + x] = out;
+      const SoftState<scalar_t>& s = state[r][c];
+      if (x < width && y < height) {
+        const int64_t pixel = int64_t(y) * width + x;
+        image[pixel] = out;
+        if constexpr (kComposite == kSmoothmax) {
+          saved[pixel] = s.a + log(s.b) / inv_t;  // L = M + t log S, with the weights' own t = 1 / inv_t
+          saved[pixels + pixel] = out;
+        } else {
+          saved[pixel] = s.a;           // Q
+          saved[pixels + pixel] = s.c;  // Z
+        }
+      }
     }
   }
 }
@@ -655,20 +689,23 @@ __device__ __forceinline__ scalar_t warp_sum_terms(const Terms<scalar_t>& terms,
 }
 
 // The backward of softor and over (kSmooth = false; their derivatives are equal) or smoothmax, for
-// one tile of one image per block (layout and barriers as forward_soft_kernel). See the section's top.
-// Per pixel, after pass 1: softor/over p = g Q and zeros = Z; smoothmax p = M, q = g / S, out.
+// one tile of one image per block (layout and barriers as forward_soft_kernel), from the state the
+// forward saved (see the section's top). Per pixel, with g its upstream gradient:
 //   softor/over: d out / d v_n = Q / (1 - v_n) if Z = 0; Q if Z = 1 and 1 - v_n = 0; else 0.
-//   smoothmax:   d out / d v_n = exp((v_n - M) / t) / S * (1 + (v_n - out) / t).
+//   smoothmax:   d out / d v_n = w_n (1 + (v_n - out) / t), w_n = exp((v_n - L) / t).
+// v_n is formed as the forward formed it, row * (amp * col) (soft_add), and 1 - v_n to the same bits
+// (soft_factor): Q / (1 - v_n) then divides out the very factor the forward multiplied in, and
+// L >= v_n, so that w_n <= 1 (up to rounding) and never overflows.
 // Marker n's terms at a pixel, h = g (d out / d v_n) e_n: (h, h dx, h dy, h (dx^2 + dy^2)); the last
 // three are multiplied by amp once per marker and block, and add_gradients applies 1/s^2, 1/s^3.
 template <typename scalar_t, int kColumns, bool kSmooth, bool kDeterministic>
 __global__ void __launch_bounds__(kForwardThreads)
     backward_soft_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ means,
-                         const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps, int n_markers,
-                         int height, int width, int tiles_x, int tiles_per_image, scalar_t inv_t,
-                         scalar_t* __restrict__ grad_means, scalar_t* __restrict__ grad_sigmas,
-                         scalar_t* __restrict__ grad_amps, Terms<scalar_t>* __restrict__ partials) {
-  constexpr Composite kState = kSmooth ? kSmoothmax : kSoftor;
+                         const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
+                         const scalar_t* __restrict__ saved, int n_markers, int height, int width, int tiles_x,
+                         int tiles_per_image, scalar_t inv_t, scalar_t* __restrict__ grad_means,
+                         scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps,
+                         Terms<scalar_t>* __restrict__ partials) {
   __shared__ SoftTables<scalar_t, kColumns> t;
   __shared__ Terms<scalar_t> warp_sums[kWarpsPerTile][kMarkerBlock];
   const int64_t b = blockIdx.x / tiles_per_image;
@@ -679,93 +716,52 @@ __global__ void __launch_bounds__(kForwardThreads)
   sigmas += b * n_markers;
   amps += b * n_markers;
 
-  // Stages markers [m0, m0 + count) and their bare factor tables. The caller's loop ends with a
-  // barrier after its last read of t.markers.
-  const auto stage = [&](int m0, int count) {
-    if (thread < count) t.markers[thread] = marker_at(means, sigmas, amps, m0 + thread);
-    __syncthreads();
-    fill_soft_tables<false>(t, count, x0, y0);
-    __syncthreads();
-  };
-
-  // Pass 1: the per-pixel state. softor/over: state.a = Q, zeros = Z; smoothmax: (M, S, W).
+  // The thread's pixels, read once for all markers, with g folded in: softor/over (g Q, -, Z);
+  // smoothmax (L, g, out). The tile's pixels past the image take g = 0 and, for smoothmax, L = +inf:
+  // their v may exceed a finite L by enough for w to overflow, and 0 * inf would be NaN.
+  const int64_t pixels = int64_t(height) * width;
+  grad_image += b * pixels;
+  saved += b * kSoftStatePlanes * pixels;
   SoftState<scalar_t> state[kRowsPerThread][kColumns];
-  int zeros[kRowsPerThread][kColumns];
-#pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-#pragma unroll
-    for (int c = 0; c < kColumns; ++c) {
-      state[r][c] = soft_start<kState, scalar_t>();
-      zeros[r][c] = 0;
-    }
-  }
-  int skipped = 0;
-  for (int m0 = 0; m0 < n_markers; m0 += kMarkerBlock) {
-    const int count = min(kMarkerBlock, n_markers - m0);
-    stage(m0, count);
-#pragma unroll 2
-    for (int m = 0; m < count; ++m) {
-      if (!((t.live[m] >> warp) & 1u)) {
-        ++skipped;
-        continue;
-      }
-      const scalar_t amp = t.markers[m].amp;
-      scalar_t cols[kColumns];
-#pragma unroll
-      for (int c = 0; c < kColumns; ++c) cols[c] = t.cols[m][lane + kWarpSize * c];
-      const RowFactors<scalar_t> rows = t.rows[m][warp];
-#pragma unroll
-      for (int r = 0; r < kRowsPerThread; ++r) {
-#pragma unroll
-        for (int c = 0; c < kColumns; ++c) {
-          const scalar_t v = amp * (rows.of[r] * cols[c]);
-          if constexpr (kSmooth) {
-            soft_add<kSmoothmax>(state[r][c], v, inv_t);
-          } else {
-            const scalar_t factor = scalar_t(1) - v;
-            const bool zero = factor == scalar_t(0);
-            state[r][c].a *= zero ? scalar_t(1) : factor;
-            zeros[r][c] += zero ? 1 : 0;
-          }
-        }
-      }
-    }
-    __syncthreads();  // every read of t.markers before the next block's stage
-  }
-
-  // The upstream gradient (0 outside the image) folded into the state: p, q, out as above.
-  const int64_t image_offset = b * height * width;
 #pragma unroll
   for (int r = 0; r < kRowsPerThread; ++r) {
     const int y = y0 + warp * kRowsPerThread + r;
 #pragma unroll
     for (int c = 0; c < kColumns; ++c) {
       const int x = x0 + lane + kWarpSize * c;
-      const scalar_t g = x < width && y < height ? grad_image[image_offset + int64_t(y) * width + x] : scalar_t(0);
-      SoftState<scalar_t>& s = state[r][c];
+      const int64_t pixel = int64_t(y) * width + x;
+      const bool inside = x < width && y < height;
+      const scalar_t g = inside ? grad_image[pixel] : scalar_t(0);
+      const scalar_t first = inside ? saved[pixel] : (kSmooth ? std::numeric_limits<scalar_t>::infinity() : scalar_t(0));
+      const scalar_t second = inside ? saved[pixels + pixel] : scalar_t(0);
       if constexpr (kSmooth) {
-        const scalar_t out = soft_finish<kSmoothmax>(s, skipped, inv_t);  // S >= 1 here: n_markers >= 1
-        s = {s.a, g / s.b, out};
+        state[r][c] = {first, g, second};
       } else {
-        s.a *= g;
+        state[r][c] = {g * first, scalar_t(0), second};
       }
     }
   }
 
-  // Pass 2: each marker's terms, summed per block.
+  // Per marker block: stage the markers and their bare factor tables (the terms take e = row * col),
+  // then each marker's terms, summed per block.
   for (int m0 = 0; m0 < n_markers; m0 += kMarkerBlock) {
     const int count = min(kMarkerBlock, n_markers - m0);
-    stage(m0, count);
+    if (thread < count) t.markers[thread] = marker_at(means, sigmas, amps, m0 + thread);
+    __syncthreads();
+    fill_soft_tables<false>(t, count, x0, y0);
+    __syncthreads();
     for (int m = 0; m < count; ++m) {
       if (!((t.live[m] >> warp) & 1u)) {  // uniform across the warp: e = 0 on all its pixels
         if (lane < kTerms) warp_sums[warp][m].of[lane] = scalar_t(0);
         continue;
       }
       const Marker<scalar_t> marker = t.markers[m];
-      scalar_t cols[kColumns], dx[kColumns];
+      // scaled: amp * col, the forward's column factor, for v.
+      scalar_t cols[kColumns], scaled[kColumns], dx[kColumns];
 #pragma unroll
       for (int c = 0; c < kColumns; ++c) {
         cols[c] = t.cols[m][lane + kWarpSize * c];
+        scaled[c] = marker.amp * cols[c];
         dx[c] = scalar_t(x0 + lane + kWarpSize * c) - marker.mx;
       }
       const RowFactors<scalar_t> rows = t.rows[m][warp];
@@ -776,17 +772,17 @@ __global__ void __launch_bounds__(kForwardThreads)
 #pragma unroll
         for (int c = 0; c < kColumns; ++c) {
           const scalar_t e = rows.of[r] * cols[c];
-          const scalar_t v = marker.amp * e;  // pass 1's v, to the bit
           const SoftState<scalar_t>& s = state[r][c];
           scalar_t g_d_out;  // g * d out / d v
           if constexpr (kSmooth) {
+            const scalar_t v = rows.of[r] * scaled[c];
             const scalar_t w = exp_neg((s.a - v) * inv_t) * s.b;
             g_d_out = w * (scalar_t(1) + (v - s.c) * inv_t);
           } else {
-            const scalar_t factor = scalar_t(1) - v;
+            const scalar_t factor = soft_factor(rows.of[r], scaled[c]);
             const bool zero = factor == scalar_t(0);
-            const int z = zeros[r][c];
-            g_d_out = z == 0 ? s.a / (zero ? scalar_t(1) : factor) : (z == 1 && zero ? s.a : scalar_t(0));
+            g_d_out = s.c == scalar_t(0) ? s.a / (zero ? scalar_t(1) : factor)
+                                         : (s.c == scalar_t(1) && zero ? s.a : scalar_t(0));
           }
           const scalar_t h = g_d_out * e;
           sum.of[0] += h;
@@ -815,8 +811,8 @@ __global__ void __launch_bounds__(kForwardThreads)
         add_gradients<true>(sum, sigmas[n], grad_means + 2 * bn, grad_sigmas + bn, grad_amps + bn);
       }
     }
-    // No barrier needed here: the next stage writes t.markers (read above before the last barrier),
-    // and warp_sums are written again only after its two barriers.
+    // No barrier needed here: the next block's staging writes t.markers (read above before the last
+    // barrier), and warp_sums are written again only after its two barriers.
   }
 }
 
@@ -908,19 +904,22 @@ void with_soft_columns(const SoftGrid& grid, const Body& body) {
   body(std::integral_constant<int, 1>());
 }
 
-// The image of a soft composite (not kMax); n_markers may be 0 (all zeros). Checks the markers'
-// values into *flaws, as launch_forward does, plus kAmpsOutsideUnit for softor and over.
+// The image of a soft composite (not kMax) and the state its backward reads, `saved`
+// [B, kSoftStatePlanes, H, W]. n_markers may be 0: the image is then all zeros (the host draws that
+// case itself, state included, and nothing reads that state). Checks the markers' values into
+// *flaws, as launch_forward does, plus kAmpsOutsideUnit for softor and over.
 template <typename scalar_t, typename Launch>
 void launch_soft_forward(const Launch& launch, Composite composite, double temperature, const scalar_t* means,
                          const scalar_t* sigmas, const scalar_t* amps, int64_t batch, int n_markers, int height,
-                         int width, scalar_t* image, int32_t* flaws) {
+                         int width, scalar_t* image, scalar_t* saved, int32_t* flaws) {
   const SoftGrid grid = soft_grid<scalar_t>(height, width);
   const scalar_t inv_t = scalar_t(1.0 / temperature);
   with_soft_columns<scalar_t>(grid, [&](auto columns) {
     constexpr int kColumns = decltype(columns)::value;
     const auto run = [&](auto kernel) {
       launch("the forward", kernel, batch * grid.tiles_per_image, dim3(kWarpSize, kWarpsPerTile), means, sigmas,
-             amps, n_markers, height, width, int(grid.tiles_x), int(grid.tiles_per_image), inv_t, image, flaws);
+             amps, n_markers, height, width, int(grid.tiles_x), int(grid.tiles_per_image), inv_t, image, saved,
+             flaws);
     };
     if (composite == kSoftor) {
       run(forward_soft_kernel<scalar_t, kColumns, kSoftor>);
@@ -932,15 +931,15 @@ void launch_soft_forward(const Launch& launch, Composite composite, double tempe
   });
 }
 
-// The gradients of a soft composite (not kMax) from the image's gradient [B, H, W]; nothing to do
-// where there are no markers or pixels. As launch_backward: the gradients must be zero before the
-// atomic backward; the deterministic one writes every element; `partials` (deterministic only):
-// soft_deterministic_partials(...) Terms.
+// The gradients of a soft composite (not kMax) from the image's gradient [B, H, W] and the state
+// its forward saved; nothing to do where there are no markers or pixels. As launch_backward: the
+// gradients must be zero before the atomic backward; the deterministic one writes every element;
+// `partials` (deterministic only): soft_deterministic_partials(...) Terms.
 template <typename scalar_t, typename Launch>
 void launch_soft_backward(const Launch& launch, Composite composite, double temperature, bool deterministic,
                           const scalar_t* grad_image, const scalar_t* means, const scalar_t* sigmas,
-                          const scalar_t* amps, int64_t batch, int n_markers, int height, int width,
-                          scalar_t* grad_means, scalar_t* grad_sigmas, scalar_t* grad_amps,
+                          const scalar_t* amps, const scalar_t* saved, int64_t batch, int n_markers, int height,
+                          int width, scalar_t* grad_means, scalar_t* grad_sigmas, scalar_t* grad_amps,
                           Terms<scalar_t>* partials) {
   if (batch == 0 || n_markers == 0 || height == 0 || width == 0) return;
   const SoftGrid grid = soft_grid<scalar_t>(height, width);
@@ -950,7 +949,7 @@ void launch_soft_backward(const Launch& launch, Composite composite, double temp
     constexpr int kColumns = decltype(columns)::value;
     const auto run = [&](auto kernel) {
       launch(what, kernel, batch * grid.tiles_per_image, dim3(kWarpSize, kWarpsPerTile), grad_image, means, sigmas,
-             amps, n_markers, height, width, int(grid.tiles_x), int(grid.tiles_per_image), inv_t, grad_means,
+             amps, saved, n_markers, height, width, int(grid.tiles_x), int(grid.tiles_per_image), inv_t, grad_means,
              grad_sigmas, grad_amps, partials);
     };
     const bool smooth = composite == kSmoothmax;

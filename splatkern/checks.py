@@ -24,6 +24,7 @@ from splatkern.facts import (
     FLAW_BIT,
     FLAW_MESSAGES,
     INDEX_NEEDS_MAX,
+    SOFT_STATE_PLANES,
     UNIT_AMP_COMPOSITES,
     UNKNOWN_COMPOSITE,
 )
@@ -113,30 +114,36 @@ def check_composite(composite, temperature, return_index: bool = False) -> None:
         raise ValueError(f"{INDEX_NEEDS_MAX}, got composite={composite!r}")
 
 
-def check_backward_layout(grad_image, means, sigmas, amps, index, composite: str = "max") -> None:
-    """The backward's inputs: the forward's flat markers, grad_image ``[B, H, W]`` of their dtype and,
-    for ``"max"``, the forward's int32 winner map ``index`` of grad_image's shape, all on one device.
-    The other modes have no winner map and ignore ``index`` (the forward's empty one)."""
+def check_backward_layout(grad_image, means, sigmas, amps, saved, composite: str = "max") -> None:
+    """The backward's inputs: the forward's flat markers, grad_image ``[B, H, W]`` of their dtype and
+    what the forward saved (csrc/splat.cpp): for ``"max"`` the int32 winner map ``index`` of
+    grad_image's shape, for the other modes their state ``[B, SOFT_STATE_PLANES, H, W]`` of the
+    markers' dtype; all on one device."""
     check_markers(means, sigmas, amps, flat=True)
     if (cond := grad_image.dim() == 3 and grad_image.shape[0] == means.shape[0]) is not True:
         _refuse(cond, ValueError, "splat_backward: grad_image must have shape [B, H, W]",
                 lambda: f"{list(grad_image.shape)} for means {list(means.shape)}")
     if grad_image.dtype != means.dtype:
         raise TypeError(f"splat_backward: grad_image must have the dtype of means, got {grad_image.dtype}")
+    if not (grad_image.device == saved.device == means.device):
+        raise ValueError(
+            f"splat_backward: grad_image and the saved {'index' if composite == 'max' else 'state'} must be on the "
+            f"markers' device, got {grad_image.device}, {saved.device}, {means.device}"
+        )
     if composite != "max":
-        if grad_image.device != means.device:
-            raise ValueError(f"splat_backward: grad_image must be on the markers' device, got {grad_image.device}, {means.device}")
+        state_shape = (means.shape[0], SOFT_STATE_PLANES, *grad_image.shape[1:])
+        if (cond := saved.shape == state_shape) is not True:
+            _refuse(cond, ValueError, f"splat_backward: the soft state must have shape [B, {SOFT_STATE_PLANES}, H, W]",
+                    lambda: f"{list(saved.shape)} for grad_image {list(grad_image.shape)}")
+        if saved.dtype != means.dtype:
+            raise TypeError(f"splat_backward: the soft state must have the dtype of means, got {saved.dtype}")
         return
+    index = saved
     if (cond := index.shape == grad_image.shape) is not True:
         _refuse(cond, ValueError, "splat_backward: index must have the shape of grad_image",
                 lambda: f"{list(index.shape)} for grad_image {list(grad_image.shape)}")
     if index.dtype != torch.int32:
         raise TypeError(f"splat_backward: index must be int32, got {index.dtype}")
-    if not (grad_image.device == index.device == means.device):
-        raise ValueError(
-            f"splat_backward: grad_image and index must be on the markers' device, got {grad_image.device}, "
-            f"{index.device}, {means.device}"
-        )
 
 
 def raise_marker_flaws(flaws: int) -> None:

@@ -31,6 +31,9 @@ UNIT_AMP_COMPOSITES = ("softor", "over")
 UNKNOWN_COMPOSITE = "splat_render: composite must be one of " + ", ".join(f"'{name}'" for name in COMPOSITES)
 BAD_TEMPERATURE = "splat_render: temperature must be a finite number > 0"
 INDEX_NEEDS_MAX = "splat_render: return_index=True needs composite='max' (the other modes have no winner)"
+# The fused forward of a soft composite returns, beside the image, the per-pixel state its backward
+# reads, [B, SOFT_STATE_PLANES, H, W] (csrc/splat.cpp states what each plane holds).
+SOFT_STATE_PLANES = 2
 
 # The fused backends' backward has no derivative: differentiating it again raises NotImplementedError.
 NO_DOUBLE_BACKWARD = (
@@ -99,6 +102,8 @@ inline constexpr const char* kCompositeNames[] = {{{", ".join(_c_string(name) fo
 inline constexpr bool kCompositeNeedsUnitAmps[] = {{{", ".join("true" if name in UNIT_AMP_COMPOSITES else "false" for name in COMPOSITES)}}};
 inline constexpr const char* kUnknownComposite = {_c_string(UNKNOWN_COMPOSITE)};
 inline constexpr const char* kBadTemperature = {_c_string(BAD_TEMPERATURE)};
+// The planes of a soft composite's per-pixel state (csrc/splat.cpp).
+inline constexpr int64_t kSoftStatePlanes = {SOFT_STATE_PLANES};
 
 inline constexpr const char* kNoDoubleBackward = {_c_string(NO_DOUBLE_BACKWARD)};
 

@@ -23,7 +23,7 @@ from splatkern.checks import (
     check_values,
     compute_dtype,
 )
-from splatkern.facts import NO_DOUBLE_BACKWARD
+from splatkern.facts import NO_DOUBLE_BACKWARD, SOFT_STATE_PLANES
 from splatkern.reference import splat_render_reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
@@ -66,12 +66,13 @@ def _fake_forward(means, sigmas, amps, height, width, deterministic, composite="
     check_canvas(height, width)
     check_composite(composite, temperature)
     batch = means.shape[0]
-    index_shape = (batch, height, width) if composite == "max" else (batch, 0, 0)
-    return means.new_empty(batch, height, width), means.new_empty(index_shape, dtype=torch.int32)
+    if composite == "max":  # the winner map
+        return means.new_empty(batch, height, width), means.new_empty(batch, height, width, dtype=torch.int32)
+    return means.new_empty(batch, height, width), means.new_empty(batch, SOFT_STATE_PLANES, height, width)
 
 
-def _fake_backward(grad_image, means, sigmas, amps, index, deterministic, composite="max", temperature=1.0):
-    check_backward_layout(grad_image, means, sigmas, amps, index, composite)
+def _fake_backward(grad_image, means, sigmas, amps, saved, deterministic, composite="max", temperature=1.0):
+    check_backward_layout(grad_image, means, sigmas, amps, saved, composite)
     return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)
 
 
@@ -92,19 +93,19 @@ def _register_fakes(forward_op: str, backward_op: str) -> None:
 
 def _setup_context(ctx, inputs, output) -> None:
     means, sigmas, amps, _height, _width, deterministic, composite, temperature = inputs
-    _image, index = output
-    ctx.save_for_backward(means, sigmas, amps, index)
+    _image, saved = output
+    ctx.save_for_backward(means, sigmas, amps, saved)
     ctx.deterministic, ctx.composite, ctx.temperature = deterministic, composite, temperature
-    ctx.mark_non_differentiable(index)
-    # Otherwise autograd zero-fills a [B, H, W] int32 gradient for `index` on every backward.
+    ctx.mark_non_differentiable(saved)
+    # Otherwise autograd zero-fills a gradient for `saved` on every backward.
     ctx.set_materialize_grads(False)
 
 
 def _forward_gradients(ctx, grad_image, backward_op) -> tuple:
     if grad_image is None:  # grads are not materialised; the image took no part in the loss
         return (None,) * 8
-    means, sigmas, amps, index = ctx.saved_tensors
-    grads = backward_op(grad_image.contiguous(), means, sigmas, amps, index, ctx.deterministic, ctx.composite,
+    means, sigmas, amps, saved = ctx.saved_tensors
+    grads = backward_op(grad_image.contiguous(), means, sigmas, amps, saved, ctx.deterministic, ctx.composite,
                         ctx.temperature)
     return (*grads, None, None, None, None, None)
 
@@ -119,7 +120,7 @@ if _extension.LOAD_ERROR is None:
 
 # The fused kernels as callables, without autograd, in the argument order of the C++ schema
 # (csrc/splat.cpp): (means, sigmas, amps, height, width, deterministic, composite, temperature) ->
-# (image, index) and (grad_image, means, sigmas, amps, index, deterministic, composite, temperature)
+# (image, saved) and (grad_image, means, sigmas, amps, saved, deterministic, composite, temperature)
 # -> grads.
 
 
@@ -129,10 +130,10 @@ def _triton_forward_kernels(means, sigmas, amps, height, width, deterministic, c
     return triton_kernels.forward(means, sigmas, amps, height, width, composite=composite, temperature=temperature)
 
 
-def _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic, composite, temperature):
+def _triton_backward_kernels(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature):
     from splatkern import triton_kernels  # noqa: PLC0415
 
-    return triton_kernels.backward(grad_image, means, sigmas, amps, index, deterministic, composite=composite,
+    return triton_kernels.backward(grad_image, means, sigmas, amps, saved, deterministic, composite=composite,
                                    temperature=temperature)
 
 
@@ -172,18 +173,18 @@ def _triton_backward(
     means: torch.Tensor,
     sigmas: torch.Tensor,
     amps: torch.Tensor,
-    index: torch.Tensor,
+    saved: torch.Tensor,
     deterministic: bool,
     composite: str = "max",
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_backward_kernels(grad_image, means, sigmas, amps, index, deterministic, composite, temperature)
+    return _triton_backward_kernels(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature)
 
 
 _register_fakes("splatkern::splat_forward_triton", "splatkern::splat_backward_triton")
 torch.library.register_autograd(
     "splatkern::splat_forward_triton",
-    lambda ctx, grad_image, _grad_index: _forward_gradients(ctx, grad_image, _triton_backward),
+    lambda ctx, grad_image, _grad_saved: _forward_gradients(ctx, grad_image, _triton_backward),
     setup_context=_setup_context,
 )
 # Without it a double backward would run and be silently wrong, with only a warning.
@@ -196,8 +197,8 @@ class _FusedBackward(torch.autograd.Function):
     """A fused backward as an autograd node whose own backward refuses (setup_context form, for torch.func)."""
 
     @staticmethod
-    def forward(grad_image, means, sigmas, amps, index, deterministic, composite, temperature, kernels):
-        return kernels.backward(grad_image, means, sigmas, amps, index, deterministic, composite, temperature)
+    def forward(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature, kernels):
+        return kernels.backward(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -206,7 +207,7 @@ class _FusedBackward(torch.autograd.Function):
     backward = staticmethod(_no_double_backward)
 
 
-def _fused_gradients(ctx, grad_image, _grad_index) -> tuple:
+def _fused_gradients(ctx, grad_image, _grad_saved) -> tuple:
     kernels = ctx.kernels
     if torch.is_grad_enabled():  # the backward is recorded (create_graph=True; always under torch.func)
         grads = _forward_gradients(ctx, grad_image, lambda *args: _FusedBackward.apply(*args, kernels))
@@ -240,7 +241,7 @@ class _FusedRenderForFunc(_FusedRender):
 
 def _fused_forward(backend: str) -> Callable:
     """How splat_render calls a fused backend's forward: (means, sigmas, amps, height, width,
-    deterministic, composite, temperature) -> (image, index), differentiable. torch.compile sees the ops themselves."""
+    deterministic, composite, temperature) -> (image, saved), differentiable. torch.compile sees the ops themselves."""
     if torch.compiler.is_compiling():
         return _triton_forward if backend == "triton" else torch.ops.splatkern.splat_forward
     if torch._C._are_functorch_transforms_active():

@@ -33,15 +33,19 @@ more, each taking the mode as a constexpr, on the max forward's 4-D tiles and wi
 bit (``v = g(dy) * (amp * g(dx))``, flushed the same way):
 
 * Soft forward: one program per (batch item, tile); per-pixel state in registers over a loop over the
-  markers: softor ``T *= 1 - v`` (then ``1 - T``); over ``acc += v * T; T *= 1 - v``, as the contract
-  writes it; smoothmax in two loops, the max ``M`` of all N values (a flushed value is 0 and counts),
-  then ``sum w`` and ``sum w v`` with ``w = exp((v - M) / t)``, flushed to 0 where that exponent
-  exceeds the flush exponent (as the C++ kernels do), so every temperature stays finite. ``1 / t`` is
-  read from a one-element tensor of the markers' dtype: Triton passes a Python float as float32.
-* Soft backward: one program per (batch item, tile). It first recomputes the tile's per-pixel state
-  from the markers (softor/over: ``Q``, the product of the nonzero factors ``1 - v``, and ``Z``, the
-  count of zero ones; smoothmax: ``M``, ``1 / sum w`` and the image, in the forward's two loops), then,
-  marker by marker, each pixel's ``h = g * (d out / d v) * e`` (``e`` the bare Gaussian) and the four
+  markers, written out beside the image as the state its backward reads (``[B, 2, H, W]``, its planes
+  stated in csrc/splat.cpp): softor and over keep ``Q``, the product of the nonzero factors ``1 - v``,
+  and ``Z``, the count of zero ones, whose ``T = Q if Z = 0 else 0`` is the running ``prod (1 - v)``
+  to the bit; softor draws ``1 - T``, over ``acc += v * T`` before each factor, as the contract writes
+  it. smoothmax takes two loops, the max ``M`` of all N values (a flushed value is 0 and counts), then
+  ``sum w`` and ``sum w v`` with ``w = exp((v - M) / t)``, flushed to 0 where that exponent exceeds the
+  flush exponent (as the C++ kernels do), so every temperature stays finite; it saves
+  ``L = M + t log sum w`` and the image. ``1 / t`` is read from a one-element tensor of the markers'
+  dtype: Triton passes a Python float as float32.
+* Soft backward: one program per (batch item, tile). It reads the tile's state (one pass over the
+  markers, not the forward's one or two more), then, marker by marker, each pixel's
+  ``h = g * (d out / d v) * e`` (``e`` the bare Gaussian; ``d out / d v`` from ``Q`` and ``Z``, or
+  smoothmax's ``w = exp((v - L) / t)`` and the image) and the four
   sums ``sum h``, ``sum h dx``, ``sum h dy``, ``sum h (dx^2 + dy^2)`` over the tile (``tl.sum``),
   scaled by the marker's ``amp / s^2`` (``amp / s^3``) and added with four atomics per marker per
   program, or, with ``deterministic=True``, written to a ``[B, tiles, 4, N]`` buffer (every entry
@@ -69,14 +73,14 @@ fits in the registers ptxas gives it for sm_80 and sm_90, float32 and float64, w
                   num_warps = 1                               stay in a warp (more warps or more
                                                               pixels per program are slower)
     sum partials  BLOCK_N = min(p2(N), 256), num_warps = 4    coalesced rows of the partials buffer
-    soft forward  num_warps = 1, lanes 4 rows x 8 columns     the largest patches whose state (T;
-                  ROW_REPEATS = min(p2(cdiv(H, 4)), R)        acc, T; M, sum w, sum w v) leaves
-                  COL_REPEATS = min(p2(cdiv(W, 8)), C)        ptxas room: at most ~170 registers
-                  R x C: softor 8 x 8 (float64 8 x 4),        (larger patches reach 240-255 or
-                  over 8 x 4 (4 x 4), smoothmax 8 x 4 (4 x 2) spill)
-    soft          as the soft forward, R x C: 4 x 4           g and the state (Q, Z; M, 1 / sum w,
-    backward      (float64 4 x 2) in every mode               out) per pixel, and per marker e, v,
-                                                              d out / d v, h: at most ~210 registers
+    soft forward  num_warps = 1, lanes 4 rows x 8 columns     the largest patches whose state (Q, Z;
+                  ROW_REPEATS = min(p2(cdiv(H, 4)), R)        acc, Q, Z; M, sum w, sum w v, then the
+                  COL_REPEATS = min(p2(cdiv(W, 8)), C)        inlined log of L) leaves ptxas room: at
+                  R x C: softor 8 x 4 (float64 4 x 4),        most ~170 registers (the next larger
+                  over 4 x 4 (4 x 4), smoothmax 4 x 4 (4 x 2) reach 200-255 or spill)
+    soft          as the soft forward, R x C: 4 x 4           g and the saved state (Q, Z; L, out)
+    backward      (float64 4 x 2) in every mode               per pixel, and per marker e, v,
+                                                              d out / d v, h: at most ~165 registers
     ============  ==========================================  ========================================
 
 The soft blocks are chosen by register use alone (no GPU timing yet: bench/triton_sweep.py
@@ -85,11 +89,11 @@ The soft blocks are chosen by register use alone (no GPU timing yet: bench/trito
 Value checks ride along: the first tile of each image ORs its markers' flaw bits (non-finite means,
 sigmas or amps, sigmas <= 0, and for softor and over amps outside [0, 1]; splatkern/facts.py
 ``FLAW_BIT``) into a one-word buffer, and the max backward flags winner-map values outside [0, N) (and
-skips them; the soft backward reads no index and checks nothing); the launchers read the word back, one host
+skips them; the soft backward trusts the state its forward made and checks nothing); the launchers read the word back, one host
 sync per call, and raise (splatkern/checks.py) - except while a CUDA graph is being captured, where a
 sync is illegal and the check is skipped.
 
-Offsets that span the batch (``b * H * W``, ``b * N``, the partials buffer) are int64; offsets
+Offsets that span the batch (``b * H * W``, ``b * N``, the soft state, the partials buffer) are int64; offsets
 within one image are int32, so an image may have at most 2^31 - 1 pixels (checked).
 """
 
@@ -109,7 +113,7 @@ from splatkern.checks import (
     raise_bad_index,
     raise_marker_flaws,
 )
-from splatkern.facts import COMPOSITES, FLAW_BIT, FLUSH_EXPONENT
+from splatkern.facts import COMPOSITES, FLAW_BIT, FLUSH_EXPONENT, SOFT_STATE_PLANES
 
 # Kinds of per-marker partial sums: d/d amp, d/d mx, d/d my, d/d sigma.
 _PARTIALS = tl.constexpr(4)
@@ -124,6 +128,7 @@ _AMPS_OUTSIDE_UNIT = tl.constexpr(FLAW_BIT["amps_outside_unit"])
 _SOFTOR = tl.constexpr(COMPOSITES.index("softor"))
 _OVER = tl.constexpr(COMPOSITES.index("over"))
 _SMOOTHMAX = tl.constexpr(COMPOSITES.index("smoothmax"))
+_STATE_PLANES = tl.constexpr(SOFT_STATE_PLANES)
 
 
 def _flush_exponent(dtype: torch.dtype) -> float:
@@ -420,36 +425,12 @@ def _marker_factors(x, y, mx, my, sigma, amp, flush):
 
 
 @triton.jit
-def _smoothmax_weight(max_value, value, inv_t, flush):
-    """exp((v - M) / t) for v <= M, flushed to 0 where the exponent exceeds the flush exponent (a
-    weight below sqrt(smallest normal), against M's own weight 1), as the C++ kernels do."""
-    exponent = (max_value - value) * inv_t
+def _smoothmax_weight(top, value, inv_t, flush):
+    """exp((v - top) / t) for v <= top: the forward's weights against the max M (M's own is 1), the
+    backward's normalised ones against L. Flushed to 0 where the exponent exceeds the flush exponent
+    (a weight below sqrt(smallest normal)), as the C++ kernels do."""
+    exponent = (top - value) * inv_t
     return tl.where(exponent > flush, 0.0, _exp_neg(exponent))
-
-
-@triton.jit
-def _smoothmax_sums(means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, x, y, flush, inv_t,
-                    ROW_REPEATS: tl.constexpr, COL_REPEATS: tl.constexpr, ROW_SPAN: tl.constexpr,
-                    COL_SPAN: tl.constexpr):
-    """Smoothmax's per-pixel sums, in two passes over the markers: the max M of all N values (flushed
-    ones are 0 and count), then sum w and sum w v with w = exp((v - M) / t); sum w >= 1 (M's own
-    weight)."""
-    dtype = x.dtype
-    max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
-    for n in range(0, n_markers):
-        mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-        row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-        max_value = tl.maximum(max_value, row_factors * col_factors)
-    weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-    weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-    for n in range(0, n_markers):
-        mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-        row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-        values = row_factors * col_factors
-        w = _smoothmax_weight(max_value, values, inv_t, flush)
-        weights += w
-        weighted += w * values
-    return max_value, weights, weighted
 
 
 @triton.jit
@@ -459,6 +440,7 @@ def _soft_forward_kernel(
     amps_ptr,
     inv_t_ptr,
     image_ptr,
+    state_ptr,
     flaws_ptr,
     n_markers,
     height,
@@ -497,33 +479,54 @@ def _soft_forward_kernel(
 
     y, x = rows.to(dtype), cols.to(dtype)
     if COMPOSITE == _SMOOTHMAX:
+        # Two loops: the max M of all N values (a flushed value is 0 and counts), then sum w and
+        # sum w v with w = exp((v - M) / t).
         inv_t = tl.load(inv_t_ptr)
-        _, weights, weighted = _smoothmax_sums(
-            means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, x, y, flush, inv_t,
-            ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN,
-        )  # fmt: skip
-        out = weighted / weights
-    elif COMPOSITE == _OVER:
-        # Front to back, as the contract writes it: acc += v T; T *= 1 - v.
-        out = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
-        transmittance = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
+        max_value = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
+        for n in range(0, n_markers):
+            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
+            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
+            max_value = tl.maximum(max_value, row_factors * col_factors)
+        weights = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
+        weighted = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
         for n in range(0, n_markers):
             mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
             row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
             values = row_factors * col_factors
-            out += values * transmittance
-            transmittance *= 1.0 - values
-    else:  # softor: 1 - prod (1 - v)
-        transmittance = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
+            w = _smoothmax_weight(max_value, values, inv_t, flush)
+            weights += w
+            weighted += w * values
+        out = weighted / weights
+        # L = M + t log sum w: sum w >= 1 (M's own weight), so L >= M >= every v, as the backward's
+        # weights exp((v - L) / t) need.
+        plane_0, plane_1 = max_value + tl.log(weights) / inv_t, out
+    else:  # softor and over: Q, the product of the nonzero factors 1 - v, and Z, the count of zero ones
+        product = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
+        zeros = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], tl.int32)
+        if COMPOSITE == _OVER:
+            out = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], dtype)
         for n in range(0, n_markers):
             mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
             row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-            transmittance *= 1.0 - row_factors * col_factors
-        out = 1.0 - transmittance
+            values = row_factors * col_factors
+            factor = 1.0 - values
+            # The transmittance T = prod (1 - v) so far is Q while Z = 0 and 0 after: the bits of a
+            # running product, with no register of its own.
+            if COMPOSITE == _OVER:  # front to back, as the contract writes it: acc += v T; T *= 1 - v
+                out += values * tl.where(zeros == 0, product, 0.0)
+            product *= tl.where(factor == 0.0, 1.0, factor)
+            zeros += (factor == 0.0).to(tl.int32)
+        if COMPOSITE == _SOFTOR:  # 1 - prod (1 - v)
+            out = 1.0 - tl.where(zeros == 0, product, 0.0)
+        plane_0, plane_1 = product, zeros.to(dtype)
 
-    offsets = b * height * width + rows * width + cols
+    pixels = height * width
+    offsets = rows * width + cols
     inside = (rows < height) & (cols < width)
-    tl.store(image_ptr + offsets, out, mask=inside)
+    tl.store(image_ptr + b * pixels + offsets, out, mask=inside)
+    state_offsets = b * (_STATE_PLANES * pixels) + offsets
+    tl.store(state_ptr + state_offsets, plane_0, mask=inside)
+    tl.store(state_ptr + state_offsets + pixels, plane_1, mask=inside)
 
 
 @triton.jit
@@ -532,6 +535,7 @@ def _soft_backward_kernel(
     means_ptr,
     sigmas_ptr,
     amps_ptr,
+    state_ptr,
     inv_t_ptr,
     grad_means_ptr,
     grad_sigmas_ptr,
@@ -557,30 +561,24 @@ def _soft_backward_kernel(
     dtype = means_ptr.dtype.element_ty
     flush = tl.full([], FLUSH, dtype)
     marker_base = b * n_markers
+    pixels = height * width
+    offsets = rows * width + cols
     inside = (rows < height) & (cols < width)
-    g = tl.load(grad_image_ptr + b * height * width + rows * width + cols, mask=inside, other=0.0)
+    g = tl.load(grad_image_ptr + b * pixels + offsets, mask=inside, other=0.0)
     y, x = rows.to(dtype), cols.to(dtype)
 
-    # Pass 1: the per-pixel state the derivative needs, recomputed from the markers.
-    if COMPOSITE == _SMOOTHMAX:  # M, 1 / sum w and out, as the forward computes them
+    # The forward's per-pixel state. Outside the image, where g is 0, its stand-ins keep d out / d v
+    # finite, so that h = 0 there: Q = 0 (softor, over), and L = +inf (smoothmax: every weight 0).
+    state_offsets = b * (_STATE_PLANES * pixels) + offsets
+    if COMPOSITE == _SMOOTHMAX:  # L and out
         inv_t = tl.load(inv_t_ptr)
-        max_value, weights, weighted = _smoothmax_sums(
-            means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, x, y, flush, inv_t,
-            ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN,
-        )  # fmt: skip
-        out = weighted / weights
-        inv_weights = 1.0 / weights
-    else:  # softor and over: Q, the product of the nonzero factors 1 - v, and Z, the count of zero ones
-        product = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], 1.0, dtype)
-        zeros = tl.zeros([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], tl.int32)
-        for n in range(0, n_markers):
-            mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
-            row_factors, col_factors = _marker_factors(x, y, mx, my, sigma, amp, flush)
-            factor = 1.0 - row_factors * col_factors
-            product *= tl.where(factor == 0.0, 1.0, factor)
-            zeros += (factor == 0.0).to(tl.int32)
+        log_sum = tl.load(state_ptr + state_offsets, mask=inside, other=float("inf"))
+        out = tl.load(state_ptr + state_offsets + pixels, mask=inside, other=0.0)
+    else:  # softor and over: Q and Z
+        product = tl.load(state_ptr + state_offsets, mask=inside, other=0.0)
+        zeros = tl.load(state_ptr + state_offsets + pixels, mask=inside, other=0.0)
 
-    # Pass 2: each marker's h = g (d out / d v) e summed over the tile, four sums per marker.
+    # Each marker's h = g (d out / d v) e summed over the tile, four sums per marker.
     partials_base = ((b * tiles_per_image + tile) * _PARTIALS) * n_markers
     for n in range(0, n_markers):
         mx, my, sigma, amp = _load_marker(means_ptr, sigmas_ptr, amps_ptr, marker_base + n)
@@ -590,17 +588,17 @@ def _soft_backward_kernel(
         row_factors = _axis_factor(dy, inv_2s2, flush)
         col_factors = _axis_factor(dx, inv_2s2, flush)
         bare = row_factors * col_factors  # e, the bare Gaussian
-        values = row_factors * (amp * col_factors)  # v, to the bit pass 1's
+        values = row_factors * (amp * col_factors)  # v, to the bit the forward's
         if COMPOSITE == _SMOOTHMAX:
-            w = _smoothmax_weight(max_value, values, inv_t, flush) * inv_weights
+            w = _smoothmax_weight(log_sum, values, inv_t, flush)
             d_out = w * (1.0 + (values - out) * inv_t)
         else:
             # prod_{m != n} (1 - v_m): Q / (1 - v_n) with no zero factor; Q for the one marker whose
             # factor is 0; else 0. The division is by a nonzero factor, so nothing blows up at v = 1.
             factor = 1.0 - values
             zero = factor == 0.0
-            d_out = tl.where(zeros == 0, product / tl.where(zero, 1.0, factor),
-                             tl.where((zeros == 1) & zero, product, 0.0))  # fmt: skip
+            d_out = tl.where(zeros == 0.0, product / tl.where(zero, 1.0, factor),
+                             tl.where((zeros == 1.0) & zero, product, 0.0))  # fmt: skip
         h = g * d_out * bare  # 0 outside the image, where g is 0
         sum_h = tl.sum(h)
         sum_dx = tl.sum(h * dx)
@@ -662,9 +660,9 @@ def _sum_partials_config(n_markers: int) -> dict:
 # largest patches whose per-pixel state fits the registers with no spills (the table in the module
 # docstring; tests/test_triton_compile.py checks them).
 _SOFT_FORWARD_REPEATS = {
-    ("softor", torch.float32): (8, 8), ("softor", torch.float64): (8, 4),
-    ("over", torch.float32): (8, 4), ("over", torch.float64): (4, 4),
-    ("smoothmax", torch.float32): (8, 4), ("smoothmax", torch.float64): (4, 2),
+    ("softor", torch.float32): (8, 4), ("softor", torch.float64): (4, 4),
+    ("over", torch.float32): (4, 4), ("over", torch.float64): (4, 4),
+    ("smoothmax", torch.float32): (4, 4), ("smoothmax", torch.float64): (4, 2),
 }  # fmt: skip
 _SOFT_BACKWARD_REPEATS = {
     ("softor", torch.float32): (4, 4), ("softor", torch.float64): (4, 2),
@@ -760,7 +758,8 @@ def forward(
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image [B, H, W] (dtype of means) and int32 winner map [B, H, W] of markers [B, N, ...] for
-    ``composite="max"``; for the soft composites the image and an empty int32 index [B, 0, 0].
+    ``composite="max"``; for the soft composites the image and the per-pixel state their backward
+    reads, [B, SOFT_STATE_PLANES, H, W] in the dtype of means (csrc/splat.cpp states its planes).
     ValueError if a marker's values are not finite, a sigma is <= 0 or, for softor and over, an amp
     lies outside [0, 1]. `config`: block sizes other than ``_forward_config``'s (or, for the soft
     composites, ``_soft_forward_config``'s; bench/triton_sweep.py times them)."""
@@ -800,23 +799,23 @@ def backward(
     means: torch.Tensor,
     sigmas: torch.Tensor,
     amps: torch.Tensor,
-    index: torch.Tensor,
+    saved: torch.Tensor,
     deterministic: bool,
     config: dict | None = None,
     *,
     composite: str = "max",
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the image w.r.t. means, sigmas and amps: with ``"max"`` each pixel's going to its
-    winner in `index`; with the soft composites to every marker (`index` is ignored). `config`: block
-    sizes other than ``_backward_config``'s (soft composites: ``_soft_backward_config``'s;
-    bench/triton_sweep.py times them)."""
+    """Gradients of the image w.r.t. means, sigmas and amps, given what the forward `saved`: with
+    ``"max"`` each pixel's going to its winner in the winner map; with the soft composites to every
+    marker, by the per-pixel state. `config`: block sizes other than ``_backward_config``'s (soft
+    composites: ``_soft_backward_config``'s; bench/triton_sweep.py times them)."""
     check_composite(composite, temperature)
-    check_backward_layout(grad_image, means, sigmas, amps, index, composite)
+    check_backward_layout(grad_image, means, sigmas, amps, saved, composite)
     height, width = grad_image.shape[1:]
     _check_pixel_count(height, width)
     if composite != "max":
-        return _soft_backward(grad_image, means, sigmas, amps, deterministic, config, composite, temperature)
+        return _soft_backward(grad_image, means, sigmas, amps, saved, deterministic, config, composite, temperature)
     batch, n_markers = sigmas.shape
     grad_means, grad_sigmas, grad_amps = _gradient_buffers(means, sigmas, amps, deterministic)
     if n_markers == 0 or batch == 0:
@@ -829,7 +828,7 @@ def backward(
     partials = means.new_zeros(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
     with _on_device(means):
         _backward_kernel[(batch * tiles_per_image,)](
-            grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(), index.contiguous(),
+            grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(), saved.contiguous(),
             grad_means, grad_sigmas, grad_amps, partials, bad_index,
             n_markers, height, width, tiles_per_image,
             FLUSH=_flush_exponent(means.dtype), DETERMINISTIC=deterministic,
@@ -843,14 +842,14 @@ def backward(
 
 
 def _soft_forward(means, sigmas, amps, height, width, config, composite, temperature):
-    """forward() of softor, over and smoothmax: the image and an empty [B, 0, 0] index (no winner)."""
+    """forward() of softor, over and smoothmax: the image and the per-pixel state."""
     batch, n_markers = sigmas.shape
-    index = torch.empty(batch, 0, 0, dtype=torch.int32, device=means.device)
     if n_markers == 0:
-        return means.new_zeros(batch, height, width), index
+        return means.new_zeros(batch, height, width), means.new_zeros(batch, SOFT_STATE_PLANES, height, width)
     image = means.new_empty(batch, height, width)
+    state = means.new_empty(batch, SOFT_STATE_PLANES, height, width)
     if batch == 0:
-        return image, index
+        return image, state
     config = config or _soft_forward_config(height, width, means.dtype, composite)
     tiles_across, tiles_per_image = _tile_grid(height, width, config)
     capturing = _capturing(means)
@@ -858,18 +857,18 @@ def _soft_forward(means, sigmas, amps, height, width, config, composite, tempera
     with _on_device(means):
         _soft_forward_kernel[(batch * tiles_per_image,)](
             means.contiguous(), sigmas.contiguous(), amps.contiguous(),
-            _inverse_temperature(means, composite, temperature), image, flaws,
+            _inverse_temperature(means, composite, temperature), image, state, flaws,
             n_markers, height, width, tiles_across, tiles_per_image,
             FLUSH=_flush_exponent(means.dtype), COMPOSITE=COMPOSITES.index(composite), **config,
         )  # fmt: skip
     if not capturing:
         raise_marker_flaws(int(flaws.item()))  # the call's one host sync
-    return image, index
+    return image, state
 
 
-def _soft_backward(grad_image, means, sigmas, amps, deterministic, config, composite, temperature):
-    """backward() of softor, over and smoothmax: every marker's gradient from every pixel. No host
-    sync: the forward checked the values."""
+def _soft_backward(grad_image, means, sigmas, amps, state, deterministic, config, composite, temperature):
+    """backward() of softor, over and smoothmax: every marker's gradient from every pixel, by the
+    forward's per-pixel state. No host sync: the forward checked the values and made the state."""
     height, width = grad_image.shape[1:]
     batch, n_markers = sigmas.shape
     grad_means, grad_sigmas, grad_amps = _gradient_buffers(means, sigmas, amps, deterministic)
@@ -881,7 +880,7 @@ def _soft_backward(grad_image, means, sigmas, amps, deterministic, config, compo
     partials = means.new_empty(batch, tiles_per_image, _PARTIALS.value, n_markers) if deterministic else None
     with _on_device(means):
         _soft_backward_kernel[(batch * tiles_per_image,)](
-            grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(),
+            grad_image.contiguous(), means.contiguous(), sigmas.contiguous(), amps.contiguous(), state.contiguous(),
             _inverse_temperature(means, composite, temperature), grad_means, grad_sigmas, grad_amps, partials,
             n_markers, height, width, tiles_across, tiles_per_image,
             FLUSH=_flush_exponent(means.dtype), COMPOSITE=COMPOSITES.index(composite), DETERMINISTIC=deterministic,

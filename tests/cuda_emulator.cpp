@@ -11,8 +11,8 @@
 // __shared__ arrays become function statics, which every fiber of the running block shares.
 //
 // Not emulated: the PTX of keep_greater<float> (its C++ twin runs instead: the same arithmetic),
-// --use_fast_math's __expf (std::exp runs), memory ordering between blocks (blocks run one after
-// another), timing.
+// --use_fast_math's __expf and logf (std::exp and std::log run), memory ordering between blocks
+// (blocks run one after another), timing.
 #include <ucontext.h>
 
 #include <algorithm>
@@ -51,7 +51,9 @@ struct alignas(16) int4 {
 uint3 threadIdx, blockIdx;  // set for each fiber before it resumes
 dim3 blockDim;
 
+using std::fma;  // the float overloads, as CUDA's: not the double ones of <math.h>
 using std::isfinite;
+using std::log;
 template <typename T>
 T min(T a, T b) { return b < a ? b : a; }
 template <typename T>
@@ -300,14 +302,15 @@ int backward(int64_t deterministic, const scalar_t* grad_image, const scalar_t* 
   }
 }
 
-// The soft composites (composite: splatkern::Composite, not kMax; N = 0 allowed).
+// The soft composites (composite: splatkern::Composite, not kMax; N = 0 allowed). The forward writes
+// the image and the state [B, kSoftStatePlanes, H, W] the backward reads (`saved`).
 template <typename scalar_t>
 int soft_forward(int64_t composite, double temperature, const scalar_t* means, const scalar_t* sigmas,
                  const scalar_t* amps, int64_t batch, int64_t n_markers, int64_t height, int64_t width,
-                 scalar_t* image, int32_t* flaws, char* message, int message_size) {
+                 scalar_t* image, scalar_t* saved, int32_t* flaws, char* message, int message_size) {
   try {
     launch_soft_forward(emulated_launch, splatkern::Composite(composite), temperature, means, sigmas, amps, batch,
-                        int(n_markers), int(height), int(width), image, flaws);
+                        int(n_markers), int(height), int(width), image, saved, flaws);
     return 0;
   } catch (const std::exception& error) {
     return fail(error, message, message_size);
@@ -317,15 +320,15 @@ int soft_forward(int64_t composite, double temperature, const scalar_t* means, c
 // The gradients must arrive zeroed (launch_soft_backward's rule for the atomic kernel).
 template <typename scalar_t>
 int soft_backward(int64_t deterministic, int64_t composite, double temperature, const scalar_t* grad_image,
-                  const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, int64_t batch,
-                  int64_t n_markers, int64_t height, int64_t width, scalar_t* grad_means, scalar_t* grad_sigmas,
-                  scalar_t* grad_amps, char* message, int message_size) {
+                  const scalar_t* means, const scalar_t* sigmas, const scalar_t* amps, const scalar_t* saved,
+                  int64_t batch, int64_t n_markers, int64_t height, int64_t width, scalar_t* grad_means,
+                  scalar_t* grad_sigmas, scalar_t* grad_amps, char* message, int message_size) {
   try {
     std::vector<Terms<scalar_t>> partials(
         deterministic ? soft_deterministic_partials<scalar_t>(batch, height, width, n_markers) : 0);
     launch_soft_backward(emulated_launch, splatkern::Composite(composite), temperature, deterministic != 0,
-                         grad_image, means, sigmas, amps, batch, int(n_markers), int(height), int(width), grad_means,
-                         grad_sigmas, grad_amps, partials.data());
+                         grad_image, means, sigmas, amps, saved, batch, int(n_markers), int(height), int(width),
+                         grad_means, grad_sigmas, grad_amps, partials.data());
     return 0;
   } catch (const std::exception& error) {
     return fail(error, message, message_size);
@@ -355,21 +358,21 @@ int backward_double(int64_t det, const double* g, const double* m, const double*
   return backward(det, g, m, s, a, index, b, n, h, w, gm, gs, ga, bad, message, size);
 }
 int soft_forward_float(int64_t c, double t, const float* m, const float* s, const float* a, int64_t b, int64_t n,
-                       int64_t h, int64_t w, float* image, int32_t* flaws, char* message, int size) {
-  return soft_forward(c, t, m, s, a, b, n, h, w, image, flaws, message, size);
+                       int64_t h, int64_t w, float* image, float* saved, int32_t* flaws, char* message, int size) {
+  return soft_forward(c, t, m, s, a, b, n, h, w, image, saved, flaws, message, size);
 }
 int soft_forward_double(int64_t c, double t, const double* m, const double* s, const double* a, int64_t b, int64_t n,
-                        int64_t h, int64_t w, double* image, int32_t* flaws, char* message, int size) {
-  return soft_forward(c, t, m, s, a, b, n, h, w, image, flaws, message, size);
+                        int64_t h, int64_t w, double* image, double* saved, int32_t* flaws, char* message, int size) {
+  return soft_forward(c, t, m, s, a, b, n, h, w, image, saved, flaws, message, size);
 }
 int soft_backward_float(int64_t det, int64_t c, double t, const float* g, const float* m, const float* s,
-                        const float* a, int64_t b, int64_t n, int64_t h, int64_t w, float* gm, float* gs, float* ga,
-                        char* message, int size) {
-  return soft_backward(det, c, t, g, m, s, a, b, n, h, w, gm, gs, ga, message, size);
+                        const float* a, const float* saved, int64_t b, int64_t n, int64_t h, int64_t w, float* gm,
+                        float* gs, float* ga, char* message, int size) {
+  return soft_backward(det, c, t, g, m, s, a, saved, b, n, h, w, gm, gs, ga, message, size);
 }
 int soft_backward_double(int64_t det, int64_t c, double t, const double* g, const double* m, const double* s,
-                         const double* a, int64_t b, int64_t n, int64_t h, int64_t w, double* gm, double* gs,
-                         double* ga, char* message, int size) {
-  return soft_backward(det, c, t, g, m, s, a, b, n, h, w, gm, gs, ga, message, size);
+                         const double* a, const double* saved, int64_t b, int64_t n, int64_t h, int64_t w,
+                         double* gm, double* gs, double* ga, char* message, int size) {
+  return soft_backward(det, c, t, g, m, s, a, saved, b, n, h, w, gm, gs, ga, message, size);
 }
 }

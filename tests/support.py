@@ -17,7 +17,7 @@ import torch
 
 import splatkern
 from splatkern.facts import FLUSH_EXPONENT, UNIT_AMP_COMPOSITES
-from splatkern.reference import splat_render_reference
+from splatkern.reference import composite_reference, marker_values, splat_render_reference
 from splatkern.testing import (  # noqa: F401 - re-exported for the test modules
     KERNEL_DTYPES,
     TOLERANCES,
@@ -119,6 +119,18 @@ def require(device: str, backend: str) -> None:
 def soft_markers(composite, batch_shape, n_markers, height, width, **kwargs):
     """make_markers, with amps in [0, 1] (some exactly 0 and 1) for the modes that need them."""
     return make_markers(batch_shape, n_markers, height, width, unit_amps=composite in UNIT_AMP_COMPOSITES, **kwargs)
+
+
+def soft_state_reference(means, sigmas, amps, height, width, composite, temperature):
+    """The per-pixel state a fused forward of a soft composite saves for its backward, [B, 2, H, W]
+    (csrc/splat.cpp states it), from the reference's marker values, in their dtype."""
+    values = marker_values(means, sigmas, amps, height, width)  # [B, N, H, W]
+    if composite == "smoothmax":
+        log_sum = temperature * torch.logsumexp(values / temperature, dim=1)
+        return torch.stack([log_sum, composite_reference(values, composite, temperature)], dim=1)
+    factors = 1 - values
+    zero = factors == 0
+    return torch.stack([torch.where(zero, 1, factors).prod(dim=1), zero.sum(dim=1).to(values.dtype)], dim=1)
 
 
 def assert_grads_close(grads, ref_grads, dtype):

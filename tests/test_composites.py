@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splatkern import splat_render
-from splatkern.facts import (BAD_TEMPERATURE, FLAW_BIT, FLAW_MESSAGES, INDEX_NEEDS_MAX, UNIT_AMP_COMPOSITES,
-                             UNKNOWN_COMPOSITE)
+from splatkern.facts import (BAD_TEMPERATURE, FLAW_BIT, FLAW_MESSAGES, INDEX_NEEDS_MAX, SOFT_STATE_PLANES,
+                             UNIT_AMP_COMPOSITES, UNKNOWN_COMPOSITE)
 from splatkern.testing import (CHECK_TEMPERATURE, DTYPES, SHAPES, SOFT_COMPOSITES, gradcheck, overlapping_markers,
                                repeatability)
 from support import (
@@ -33,6 +33,7 @@ from support import (
     render_with_grads,
     require,
     soft_markers,
+    soft_state_reference,
     with_modes,
 )
 
@@ -84,6 +85,32 @@ def test_smoothmax_at_small_and_large_temperatures(temperature, device, backend,
     assert torch.isfinite(image).all() and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device, backend", FUSED_CASES)
+@pytest.mark.parametrize("composite", SOFT_COMPOSITES)
+def test_forward_saves_the_state_its_backward_reads(composite, device, backend, dtype):
+    """The fused forward's second output for a soft mode: the per-pixel state of csrc/splat.cpp,
+    against the float64 oracle, with pixels where one and where two markers are 1 exactly (Z = 1, 2)
+    and pixels that no marker reaches."""
+    require(device, backend)
+    forward = getattr(torch.ops.splatkern, FUSED_OPS[backend][0]).default
+    means, sigmas, amps = soft_markers(composite, (2,), 23, 13, 30, dtype=torch.float64, seed=8)
+    means[:, :3] = torch.tensor([[4.0, 5.0], [4.0, 5.0], [9.0, 2.0]], dtype=torch.float64)  # on pixel centres
+    amps[:, :3] = 1
+    sigmas[:, 3] = 0.05  # a marker that reaches one pixel at most
+    expected = soft_state_reference(means, sigmas, amps, 13, 30, composite, 0.3)
+    inputs = [t.to(device=device, dtype=dtype) for t in (means, sigmas, amps)]
+    image, state = forward(*inputs, 13, 30, False, composite, 0.3)
+    assert state.shape == (2, SOFT_STATE_PLANES, 13, 30) and state.dtype == dtype
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(state[:, 0].double(), expected[:, 0], rtol=rtol, atol=rtol)
+    torch.testing.assert_close(state[:, 1].double(), expected[:, 1], rtol=rtol, atol=rtol)
+    if composite == "smoothmax":
+        assert torch.equal(state[:, 1], image)
+    else:
+        assert state[:, 1, 5, 4].tolist() == [2, 2] and state[:, 1, 2, 9].tolist() == [1, 1]
+
+
 @pytest.mark.parametrize("device, backend", ALL_CASES)
 @pytest.mark.parametrize("composite", SOFT_COMPOSITES)
 def test_no_markers_draw_zeros(composite, device, backend):
@@ -109,17 +136,17 @@ def test_gradcheck_float64(composite, device, backend, deterministic):
 @pytest.mark.parametrize("device, backend", FUSED_CASES)
 @pytest.mark.parametrize("composite", SOFT_COMPOSITES)
 def test_opcheck(composite, device, backend):
-    """The op pair with a soft composite: schema, fake tensors (the empty index), autograd, AOT dispatch."""
+    """The op pair with a soft composite: schema, fake tensors (the soft state), autograd, AOT dispatch."""
     require(device, backend)
     forward, backward = (getattr(torch.ops.splatkern, name).default for name in FUSED_OPS[backend])
     means, sigmas, amps = soft_markers(composite, (3,), 5, 6, 9, device=device, seed=2)
     mode = (composite, CHECK_TEMPERATURE)
     torch.library.opcheck(forward, (*(t.clone().requires_grad_() for t in (means, sigmas, amps)), 6, 9, False, *mode))
-    _, index = forward(means, sigmas, amps, 6, 9, False, *mode)
-    assert index.shape == (3, 0, 0) and index.dtype == torch.int32
+    _, state = forward(means, sigmas, amps, 6, 9, False, *mode)
+    assert state.shape == (3, SOFT_STATE_PLANES, 6, 9) and state.dtype == means.dtype
     grad_image = random_like_image((3, 6, 9), device=device, seed=5).float()
     for deterministic in backward_modes(backend):
-        torch.library.opcheck(backward, (grad_image, means, sigmas, amps, index, deterministic, *mode))
+        torch.library.opcheck(backward, (grad_image, means, sigmas, amps, state, deterministic, *mode))
 
 
 # The reference on CPU is left out: inductor would compile its own C++ for it (tens of seconds here).

@@ -2,12 +2,13 @@
 against the contract: values, winners and gradients of both backward modes, the tie rule, the flush
 cut-off, the in-kernel value and index checks, and a deterministic backward whose bits do not depend
 on the order threads run in; and the same for the soft composites' kernels (softor, over, smoothmax),
-whose values and gradients are compared on every pixel with autograd of the float64 oracle. The
-emulator runs each block's threads as fibers that meet at every __syncthreads and warp shuffle,
-resumed in a seeded random order, so these tests prove the kernels' indexing, tiling, shared memory,
-shuffles and atomics where there is no GPU. What they cannot prove
-(fast-math exponentials, the PTX of keep_greater<float>, timing) the GPU tests and test_cuda_sass.py
-cover. The host code around the kernels (allocation, N = 0, layout checks) is tested on a GPU only.
+whose values, saved per-pixel state and gradients are compared on every pixel with the float64 oracle
+(the gradients with its autograd). The emulator runs each block's threads as fibers that meet at every
+__syncthreads and warp shuffle, resumed in a seeded random order, so these tests prove the kernels'
+indexing, tiling, shared memory, shuffles and atomics where there is no GPU. What they cannot prove
+(fast-math exponentials and logarithms, the PTX of keep_greater<float>, timing) the GPU tests and
+test_cuda_sass.py cover. The host code around the kernels (allocation, N = 0, layout checks) is tested
+on a GPU only.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatkern.facts import COMPOSITES, FLAW_BIT, FLAW_MESSAGES, UNIT_AMP_COMPOSITES
+from splatkern.facts import COMPOSITES, FLAW_BIT, FLAW_MESSAGES, SOFT_STATE_PLANES, UNIT_AMP_COMPOSITES
 from splatkern.reference import splat_render_reference
 from splatkern.testing import SOFT_COMPOSITES, gradcheck, measure_close
 from support import (
@@ -34,6 +35,7 @@ from support import (
     measure_grads,
     random_like_image,
     soft_markers,
+    soft_state_reference,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,35 +264,39 @@ def raise_flaws(flaws: torch.Tensor) -> None:
 
 
 def soft_forward(emulator, means, sigmas, amps, height, width, composite, temperature):
-    """The soft forward kernel on [B, N, ...] markers: (image, flag word)."""
+    """The soft forward kernel on [B, N, ...] markers: (image, the state its backward reads
+    [B, SOFT_STATE_PLANES, H, W], flag word)."""
     batch, n_markers = sigmas.shape
     image = means.new_empty(batch, height, width)
+    state = means.new_empty(batch, SOFT_STATE_PLANES, height, width)
     flaws = torch.zeros(1, dtype=torch.int32)
     guarded_call(getattr(emulator, f"soft_forward_{DTYPE_NAMES[means.dtype]}"), COMPOSITES.index(composite),
-                 float(temperature), means, sigmas, amps, batch, n_markers, height, width, image, flaws)
-    return image, flaws
+                 float(temperature), means, sigmas, amps, batch, n_markers, height, width, image, state, flaws)
+    return image, state, flaws
 
 
 class _SoftRender(torch.autograd.Function):
-    """The CUDA op pair of a soft composite as splat_render runs it: forward kernel, then the backward's."""
+    """The CUDA op pair of a soft composite as splat_render runs it: forward kernel, then the backward's,
+    which reads the state the forward saved."""
 
     @staticmethod
     def forward(ctx, emulator, means, sigmas, amps, height, width, composite, temperature, deterministic):
-        image, flaws = soft_forward(emulator, means, sigmas, amps, height, width, composite, temperature)
+        image, state, flaws = soft_forward(emulator, means, sigmas, amps, height, width, composite, temperature)
         raise_flaws(flaws)
-        ctx.save_for_backward(means, sigmas, amps)
+        ctx.mark_non_differentiable(state)
+        ctx.save_for_backward(means, sigmas, amps, state)
         ctx.emulator, ctx.composite, ctx.temperature, ctx.deterministic = emulator, composite, temperature, deterministic
-        return image
+        return image, state
 
     @staticmethod
-    def backward(ctx, grad_image):
-        means, sigmas, amps = ctx.saved_tensors
+    def backward(ctx, grad_image, _grad_state):
+        means, sigmas, amps, state = ctx.saved_tensors
         grads = [torch.zeros_like(t) for t in (means, sigmas, amps)]
         batch, n_markers = sigmas.shape
         height, width = grad_image.shape[1:]
         guarded_call(getattr(ctx.emulator, f"soft_backward_{DTYPE_NAMES[means.dtype]}"), int(ctx.deterministic),
                      COMPOSITES.index(ctx.composite), float(ctx.temperature), grad_image.contiguous(), means, sigmas,
-                     amps, batch, n_markers, height, width, *grads)
+                     amps, state, batch, n_markers, height, width, *grads)
         return None, *grads, None, None, None, None, None
 
 
@@ -303,7 +309,7 @@ def emulated_soft(emulator, composite, temperature=1.0):
         batch = math.prod(batch_shape)  # not -1: N may be 0
         flat = (means.reshape(batch, n_markers, 2).contiguous(), sigmas.reshape(batch, n_markers).contiguous(),
                 amps.reshape(batch, n_markers).contiguous())
-        image = _SoftRender.apply(emulator, *flat, height, width, composite, temperature, deterministic)
+        image, _ = _SoftRender.apply(emulator, *flat, height, width, composite, temperature, deterministic)
         return image.reshape(*batch_shape, height, width)
 
     return render
@@ -359,6 +365,39 @@ def test_soft_matches_reference(emulator, composite, temperature, shape, dtype, 
         assert (image == 0).all()
 
 
+# (N, height, width, (x, y) of the pixel where two markers are 1 exactly, of the one where one is).
+STATE_CASES = [
+    pytest.param(23, 13, 30, (4, 5), (9, 2), id="one-tile"),  # test_composites.py's case
+    pytest.param(70, 40, 70, (66, 35), (40, 20), id="many-tiles"),  # two marker blocks; 2 x 2 float tiles, 2 x 3 double
+]
+
+
+@pytest.mark.parametrize("n_markers, height, width, twice, once", STATE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("composite", SOFT_COMPOSITES)
+def test_soft_forward_saves_the_state_its_backward_reads(emulator, composite, dtype, n_markers, height, width, twice,
+                                                          once):
+    """The soft forward kernel's second output, the per-pixel state of csrc/splat.cpp, against the float64
+    oracle on the same (dtype-rounded) inputs, as test_composites.py compares the built ops': with pixels
+    where two and where one marker are 1 exactly (Z = 2, 1) and a marker that reaches one pixel at most."""
+    means, sigmas, amps = soft_markers(composite, (2,), n_markers, height, width, dtype=torch.float64, seed=8)
+    means[:, :3] = torch.tensor([twice, twice, once], dtype=torch.float64)  # on pixel centres
+    amps[:, :3] = 1
+    sigmas[:, 3] = 0.05
+    inputs = [t.to(dtype) for t in (means, sigmas, amps)]
+    expected = soft_state_reference(*(t.double() for t in inputs), height, width, composite, 0.3)
+    image, state, flaws = soft_forward(emulator, *inputs, height, width, composite, 0.3)
+    assert flaws.item() == 0
+    assert state.shape == (2, SOFT_STATE_PLANES, height, width) and state.dtype == dtype
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(state.double(), expected, rtol=tolerance, atol=tolerance)
+    if composite == "smoothmax":
+        assert torch.equal(state[:, 1], image)
+    else:
+        (x2, y2), (x1, y1) = twice, once
+        assert state[:, 1, y2, x2].tolist() == [2, 2] and state[:, 1, y1, x1].tolist() == [1, 1]
+
+
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("composite", ["softor", "over"])
@@ -392,7 +431,7 @@ def test_soft_value_checks_flag_amps_outside_the_unit_interval(emulator, composi
     means, sigmas, amps = make_markers((3,), 140, 40, 40, seed=5)
     amps = amps.clamp(0, 1)
     amps[where] = value
-    _, flaws = soft_forward(emulator, means, sigmas, amps, 40, 40, composite, 0.5)
+    _, _, flaws = soft_forward(emulator, means, sigmas, amps, 40, 40, composite, 0.5)
     if math.isnan(value):
         expected = FLAW_BIT["amps_nonfinite"]
     elif not 0 <= value <= 1 and composite in UNIT_AMP_COMPOSITES:

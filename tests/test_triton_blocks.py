@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from splatkern.facts import SOFT_STATE_PLANES
 from support import TOLERANCES, assert_grads_close, clear_pixels, make_markers, random_like_image, render_with_grads, require
 
 DEVICES = [pytest.param("cpu", id="cpu-interpreter"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
@@ -77,10 +78,10 @@ def test_soft_blocks_match_reference(device, config, composite, temperature):
     upstream = random_like_image((3, HEIGHT, WIDTH), device=device, seed=1)
     ref_image, _, ref_grads = render_with_grads("reference", *(t.double() for t in (means, sigmas, amps)), HEIGHT,
                                                 WIDTH, upstream, **mode)
-    image, index = triton_kernels.forward(means, sigmas, amps, HEIGHT, WIDTH, config, **mode)
-    assert index.shape == (3, 0, 0) and index.dtype == torch.int32
+    image, state = triton_kernels.forward(means, sigmas, amps, HEIGHT, WIDTH, config, **mode)
+    assert state.shape == (3, SOFT_STATE_PLANES, HEIGHT, WIDTH) and state.dtype == means.dtype
     atol, rtol = TOLERANCES[torch.float32][0]
     torch.testing.assert_close(image.double(), ref_image, atol=atol, rtol=rtol)
     for deterministic in (False, True):
-        grads = triton_kernels.backward(upstream.float(), means, sigmas, amps, index, deterministic, config, **mode)
+        grads = triton_kernels.backward(upstream.float(), means, sigmas, amps, state, deterministic, config, **mode)
         assert_grads_close(grads, ref_grads, torch.float32)
