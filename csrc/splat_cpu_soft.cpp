@@ -120,7 +120,6 @@ struct SoftTile {
   int64_t n_markers;
   int64_t pixels;  // of the state tables: rows * col_stride
   scalar_t temperature, inv_temperature;
-  const scalar_t* amps;  // scales the bare factor tables of the backward; nullptr: the tables hold v
 };
 
 // The soft kernels' loops are written on GCC's portable vector types as wide as the ISA's registers
@@ -165,20 +164,20 @@ struct Vec {
   }
 };
 
-// Calls chunk(n, v, p) for every marker n and ISA vector of pixels of its support, where v is the
-// marker's value at those pixels and p their offset in the state tables.
+// Calls chunk(v, p) for every marker and ISA vector of pixels of its support, where v is the marker's
+// value at those pixels (the forward's tables hold amp in the column factors) and p their offset in
+// the state tables.
 template <int64_t kBytes, typename scalar_t, typename Chunk>
 inline __attribute__((always_inline)) void visit_supports(const SoftTile<scalar_t>& tile, Chunk&& chunk) {
   using W = Vec<scalar_t, kBytes>;
   const FactorTables<scalar_t>& tables = *tile.tables;
   for (int64_t n = 0; n < tile.n_markers; ++n) {
     const Support s = tile.supports[n];
-    const scalar_t scale = tile.amps ? tile.amps[n] : scalar_t(1);
     const scalar_t* cols = tables.cols.data() + n * tables.col_stride;
     for (int64_t r = s.row_begin; r < s.row_end; ++r) {
-      const scalar_t row_factor = scale * tables.rows[n * tables.row_stride + r];
+      const scalar_t row_factor = tables.rows[n * tables.row_stride + r];
       for (int64_t c = s.col_begin; c < s.col_end; c += W::kCount) {
-        chunk(n, row_factor * W::load(cols + c), r * tables.col_stride + c);
+        chunk(row_factor * W::load(cols + c), r * tables.col_stride + c);
       }
     }
   }
@@ -192,7 +191,7 @@ inline __attribute__((always_inline)) void smoothmax_sums(const SoftTile<scalar_
   using W = Vec<scalar_t, kBytes>;
   using V = typename W::V;
   const scalar_t inv_t = tile.inv_temperature, n_markers = scalar_t(tile.n_markers);
-  visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+  visit_supports<kBytes>(tile, [&](V v, int64_t p) __attribute__((always_inline)) {
     const V best = W::load(max_value + p);
     W::store(max_value + p, v > best ? v : best);
     W::store(seen + p, W::load(seen + p) + scalar_t(1));
@@ -202,7 +201,7 @@ inline __attribute__((always_inline)) void smoothmax_sums(const SoftTile<scalar_
     W::store(max_value + p, (W::load(seen + p) < n_markers) & (best < scalar_t(0)) ? W::splat(0) : best);
   }
   const V one = W::splat(1);
-  visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+  visit_supports<kBytes>(tile, [&](V v, int64_t p) __attribute__((always_inline)) {
     const V w = W::flushed_exp_neg((W::load(max_value + p) - v) * inv_t, one);
     W::store(weights + p, W::load(weights + p) + w);
     W::store(weighted + p, W::load(weighted + p) + w * v);
@@ -223,7 +222,7 @@ inline __attribute__((always_inline)) void product_and_zero_count(const SoftTile
   using W = Vec<scalar_t, kBytes>;
   using V = typename W::V;
   using Mask = typename W::Mask;
-  visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+  visit_supports<kBytes>(tile, [&](V v, int64_t p) __attribute__((always_inline)) {
     const V factor = scalar_t(1) - v;
     const Mask zero = factor == scalar_t(0);
     W::store(q + p, W::load(q + p) * (zero ? W::splat(1) : factor));
@@ -242,12 +241,12 @@ inline __attribute__((always_inline)) void soft_forward_tile(const SoftTile<scal
   scalar_t* transmittance = scratch.state[1].data();
   scalar_t* zeros = scratch.state[2].data();
   if (composite == kSoftor) {
-    visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+    visit_supports<kBytes>(tile, [&](V v, int64_t p) __attribute__((always_inline)) {
       W::store(transmittance + p, W::load(transmittance + p) * (scalar_t(1) - v));
     });
     for (int64_t p = 0; p < tile.pixels; p += W::kCount) W::store(out + p, scalar_t(1) - W::load(transmittance + p));
   } else if (composite == kOver) {
-    visit_supports<kBytes>(tile, [&](int64_t, V v, int64_t p) __attribute__((always_inline)) {
+    visit_supports<kBytes>(tile, [&](V v, int64_t p) __attribute__((always_inline)) {
       const V in_front = W::load(transmittance + p);
       W::store(out + p, W::load(out + p) + v * in_front);
       W::store(transmittance + p, in_front * (scalar_t(1) - v));
@@ -399,7 +398,7 @@ SoftTile<scalar_t> prepare_tile(SoftScratch<scalar_t>& scratch, const scalar_t* 
   scratch.tables.fill(means, sigmas, amps, n_markers, width, tile);
   find_supports(means, sigmas, amps, n_markers, width, tile, scratch.tables.col_stride, scratch.supports);
   return {&scratch.tables, scratch.supports.data(), n_markers, tile.rows * scratch.tables.col_stride,
-          scalar_t(temperature), scalar_t(1.0 / temperature), nullptr};
+          scalar_t(temperature), scalar_t(1.0 / temperature)};
 }
 
 }  // namespace
@@ -463,10 +462,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_backward(const at::Tensor& g
     parallel_items<SoftScratch<scalar_t>>(n_items, [&](int64_t item, SoftScratch<scalar_t>& scratch) {
       const Tile tile = tile_at(tiling, item, height);
       const int64_t b = tile.b;
-      SoftTile<scalar_t> soft = prepare_tile(scratch, m + b * n_markers * 2, s + b * n_markers,
-                                             static_cast<const scalar_t*>(nullptr), n_markers, width, tile,
-                                             temperature);
-      soft.amps = a + b * n_markers;
+      const SoftTile<scalar_t> soft = prepare_tile(scratch, m + b * n_markers * 2, s + b * n_markers,
+                                                   static_cast<const scalar_t*>(nullptr), n_markers, width, tile,
+                                                   temperature);
       // the layout soft_backward_tile reads: softor/over: g Q, Z; smoothmax: L, out; and g. Zero past
       // the image's width, where g = 0 gives every pixel a derivative of 0.
       scratch.fill_state(soft.pixels, {scalar_t(0), scalar_t(0), scalar_t(0)});
@@ -487,7 +485,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_backward(const at::Tensor& g
           for (int64_t c = 0; c < width; ++c) s0[c] = g[c] * plane0[pixel + c];
         }
       }
-      run_on_cpu_isa<SoftBackwardTile>(&soft, composite, &scratch, m + b * n_markers * 2, soft.amps, tile.row0,
+      run_on_cpu_isa<SoftBackwardTile>(&soft, composite, &scratch, m + b * n_markers * 2, a + b * n_markers, tile.row0,
                                        partials.data() + item * n_markers * kSoftPartials);
     });
     scalar_t* gm = grad_means.mutable_data_ptr<scalar_t>();

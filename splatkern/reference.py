@@ -72,15 +72,21 @@ def splat_render_reference(
     if composite not in COMPOSITES:
         raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
     if means.shape[-2] == 0:
-        batch_shape = means.shape[:-2]
-        image = means.new_zeros(*batch_shape, height, width)
-        index = torch.full((*batch_shape, height, width), -1, dtype=torch.int32, device=means.device)
-        return image, (index if composite == "max" else None)
+        return nothing_drawn(means, means.shape[:-2], height, width, composite)
     values = marker_values(means, sigmas, amps, height, width)
     if composite != "max":
         return composite_reference(values, composite, temperature), None
     image, index = values.max(dim=-3)
     return image, index.to(torch.int32)
+
+
+def nothing_drawn(like: torch.Tensor, batch_shape: torch.Size, height: int, width: int,
+                  composite: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What every op returns for no primitives: an all-zero image of ``like``'s dtype and device and,
+    for ``"max"``, an index of ``-1`` everywhere (``None`` for the other modes)."""
+    image = like.new_zeros(*batch_shape, height, width)
+    index = torch.full((*batch_shape, height, width), -1, dtype=torch.int32, device=like.device)
+    return image, (index if composite == "max" else None)
 
 
 def marker_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, height: int, width: int) -> torch.Tensor:

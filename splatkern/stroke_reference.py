@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from splatkern.facts import COMPOSITES, UNKNOWN_COMPOSITE
-from splatkern.reference import composite_reference
+from splatkern.reference import composite_reference, nothing_drawn
 
 
 def stroke_render_reference(
@@ -78,9 +78,7 @@ def stroke_render_reference(
         raise ValueError(f"stroke_render: paths must have shape [..., S, P, 2] with P >= 1, got {list(paths.shape)}")
     batch_shape, n_strokes, n_vertices = paths.shape[:-3], paths.shape[-3], paths.shape[-2]
     if n_strokes == 0:
-        image = paths.new_zeros(*batch_shape, height, width)
-        index = torch.full((*batch_shape, height, width), -1, dtype=torch.int32, device=paths.device)
-        return image, (index if composite == "max" else None)
+        return nothing_drawn(paths, batch_shape, height, width, composite)
     values, segment = stroke_values(paths, sigmas, amps, height, width)  # [..., S, H, W] twice
     if composite != "max":
         return composite_reference(values, composite, temperature), None
