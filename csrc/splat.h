@@ -31,12 +31,16 @@ std::string message(const Pieces&... pieces) {
   return (std::string() + ... + text::piece(pieces));
 }
 
+// The primitives an op draws: its checks' errors name its op and arguments.
+enum class Primitive { kMarkers, kStrokes };
+
 // The mode the ops' `composite` argument names, or a ValueError naming the argument; also refuses a
 // temperature that is not a finite number > 0 (read by smoothmax only, checked for every mode).
-Composite parse_composite(c10::string_view composite, double temperature);
+Composite parse_composite(c10::string_view composite, double temperature, Primitive primitive = Primitive::kMarkers);
 
-// Raises the ValueError of the first flaw set in `flaws` (an OR of MarkerFlaw bits); 0 passes.
-void raise_marker_flaws(int32_t flaws);
+// Raises the ValueError of the first flaw set in `flaws` (an OR of MarkerFlaw bits), in the words of
+// the op that draws `primitive`; 0 passes.
+void raise_marker_flaws(int32_t flaws, Primitive primitive = Primitive::kMarkers);
 
 // The layout splat_forward takes: means [B, N, 2], sigmas [B, N], amps [B, N], one floating
 // dtype, one device, contiguous, height/width >= 1. Values are each backend's to check (every value
@@ -55,5 +59,12 @@ void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means
 
 // Raises the ValueError for a winner map that held a value outside [0, n_markers), when `found`.
 void raise_bad_index(bool found, int64_t n_markers);
+
+// stroke_forward's and stroke_backward's layouts: as the two above, with paths [B, S, P, 2] (P >= 1)
+// and sigmas, amps [B, S, P] in place of the markers; the winner map of kMax lies in [0, S max(P - 1, 1)).
+void check_stroke_forward_layout(const at::Tensor& paths, const at::Tensor& sigmas, const at::Tensor& amps,
+                                 int64_t height, int64_t width);
+void check_stroke_backward_layout(const at::Tensor& grad_image, const at::Tensor& paths, const at::Tensor& sigmas,
+                                  const at::Tensor& amps, const at::Tensor& saved, Composite composite);
 
 }  // namespace splatkern

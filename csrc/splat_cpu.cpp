@@ -117,45 +117,6 @@ void forward_tile(const scalar_t* means, const scalar_t* sigmas, const scalar_t*
                                 tables.col_stride, tables.rows.data(), tables.row_stride, tile.rows, n_markers);
 }
 
-// The value checks: plain passes, without the launch overhead of eight small ATen ops on tiny
-// inputs. x - x is 0 exactly for finite x (NaN for NaN and inf); the integer AND keeps the loops
-// vectorisable.
-template <typename scalar_t>
-bool all_finite(const scalar_t* x, int64_t count) {
-  int32_t finite = 1;
-  for (int64_t k = 0; k < count; ++k) finite &= static_cast<int32_t>(x[k] - x[k] == scalar_t(0));
-  return finite;
-}
-
-template <typename scalar_t>
-bool all_positive(const scalar_t* x, int64_t count) {
-  int32_t positive = 1;
-  for (int64_t k = 0; k < count; ++k) positive &= static_cast<int32_t>(x[k] > scalar_t(0));
-  return positive;
-}
-
-template <typename scalar_t>
-bool all_in_unit_interval(const scalar_t* x, int64_t count) {
-  int32_t inside = 1;
-  for (int64_t k = 0; k < count; ++k) inside &= static_cast<int32_t>(x[k] >= scalar_t(0) && x[k] <= scalar_t(1));
-  return inside;
-}
-
-int32_t find_flaws(const at::Tensor& means, const at::Tensor& sigmas, const at::Tensor& amps, Composite composite) {
-  int32_t flaws = 0;
-  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_find_flaws", [&] {
-    const scalar_t* s = sigmas.const_data_ptr<scalar_t>();
-    flaws = (all_finite(means.const_data_ptr<scalar_t>(), means.numel()) ? 0 : kMeansNonfinite) |
-            (all_finite(s, sigmas.numel()) ? 0 : kSigmasNonfinite) |
-            (all_positive(s, sigmas.numel()) ? 0 : kSigmasNonpositive) |
-            (all_finite(amps.const_data_ptr<scalar_t>(), amps.numel()) ? 0 : kAmpsNonfinite);
-    if (kCompositeNeedsUnitAmps[composite] && !all_in_unit_interval(amps.const_data_ptr<scalar_t>(), amps.numel())) {
-      flaws |= kAmpsOutsideUnit;
-    }
-  });
-  return flaws;
-}
-
 std::tuple<at::Tensor, at::Tensor> splat_forward_cpu(const at::Tensor& means, const at::Tensor& sigmas,
                                                      const at::Tensor& amps, int64_t height, int64_t width,
                                                      bool /*deterministic: the CPU kernel always is*/,

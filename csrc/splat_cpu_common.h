@@ -1,5 +1,5 @@
 // The building blocks of the CPU kernels (splat_cpu.cpp: max; splat_cpu_soft.cpp: the soft
-// composites): tiling, the per-ISA dispatch of vectorised loops, and the separable factor tables.
+// composites; stroke_cpu.cpp: strokes): tiling, the per-ISA dispatch of vectorised loops, and the separable factor tables.
 //
 // Work is split into tiles of image rows; a tile's pixels never see another tile's, so a forward is
 // exact whatever the thread count. The tiling depends on the problem shape only, and the backwards
@@ -9,7 +9,9 @@
 
 #include "splat.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <atomic>
@@ -47,6 +49,10 @@ struct Tiling {
 struct Tile {
   int64_t b, row0, rows;
 };
+
+// Tiles of about kTilePixels whatever the batch: the stroke kernels skip segments per tile, which
+// small tiles make effective.
+inline Tiling pixel_tiling(int64_t height, int64_t width) { return Tiling(/*batch=*/1, height, width); }
 
 inline Tile tile_at(const Tiling& tiling, int64_t item, int64_t height) {
   const int64_t b = item / tiling.tiles_per_image;
@@ -260,6 +266,108 @@ struct FactorTables {
                                 static_cast<const scalar_t*>(nullptr));
   }
 };
+
+// The soft and stroke kernels' loops are written on GCC's portable vector types as wide as the ISA's
+// registers (kBytes; GCC's vectoriser gives up on their pixel loops). Supports and state tables come
+// in whole widest vectors, which kParts such vectors make up. Every lane does the same operations
+// in the same order whatever kBytes is, and each widest-vector lane keeps its own running sums, so
+// every ISA gives the same bits.
+template <typename scalar_t, int64_t kBytes>
+struct Vec {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  typedef scalar_t V __attribute__((vector_size(kBytes)));
+  typedef bits_t Mask __attribute__((vector_size(kBytes)));  // what a comparison gives: all ones or 0
+  static constexpr int64_t kCount = kBytes / static_cast<int64_t>(sizeof(scalar_t));
+  static constexpr int64_t kParts = kWidestVectorBytes / kBytes;
+
+  static inline __attribute__((always_inline)) V load(const scalar_t* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static inline __attribute__((always_inline)) void store(scalar_t* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static inline __attribute__((always_inline)) V splat(scalar_t x) { return V{} + x; }
+  static inline __attribute__((always_inline)) V iota() {
+    V v;
+    for (int64_t k = 0; k < kCount; ++k) v[k] = scalar_t(k);
+    return v;
+  }
+  // `value` where `keep`, else +0 (a bit mask: exact for any value, inf and NaN included)
+  static inline __attribute__((always_inline)) V keep_or_zero(Mask keep, V value) { return (V)((Mask)value & keep); }
+
+  // scale * exp(-x), flushed to 0 unless 0 <= x <= the flush exponent, as the axis factors are.
+  // float: scaled_exp_neg's polynomial on the vector; double: scaled_exp_neg, lane by lane.
+  static inline __attribute__((always_inline)) V flushed_exp_neg(V x, V scale) {
+    const Mask keep = (x >= scalar_t(0)) & (x <= kFlushExponent<scalar_t>);
+    V value;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      value = scaled_exp_neg_float<V, Mask>(x, scale);
+    } else {
+      for (int64_t k = 0; k < kCount; ++k) value[k] = scaled_exp_neg(x[k], scale[k]);
+    }
+    return keep_or_zero(keep, value);
+  }
+};
+
+// The value checks: plain passes, without the launch overhead of eight small ATen ops on tiny
+// inputs. x - x is 0 exactly for finite x (NaN for NaN and inf); the integer AND keeps the loops
+// vectorisable.
+template <typename scalar_t>
+inline bool all_finite(const scalar_t* x, int64_t count) {
+  int32_t finite = 1;
+  for (int64_t k = 0; k < count; ++k) finite &= static_cast<int32_t>(x[k] - x[k] == scalar_t(0));
+  return finite;
+}
+
+template <typename scalar_t>
+inline bool all_positive(const scalar_t* x, int64_t count) {
+  int32_t positive = 1;
+  for (int64_t k = 0; k < count; ++k) positive &= static_cast<int32_t>(x[k] > scalar_t(0));
+  return positive;
+}
+
+template <typename scalar_t>
+inline bool all_in_unit_interval(const scalar_t* x, int64_t count) {
+  int32_t inside = 1;
+  for (int64_t k = 0; k < count; ++k) inside &= static_cast<int32_t>(x[k] >= scalar_t(0) && x[k] <= scalar_t(1));
+  return inside;
+}
+
+// The MarkerFlaw bits of an op's inputs: its coordinates (means or paths), sigmas and amps.
+inline int32_t find_flaws(const at::Tensor& means, const at::Tensor& sigmas, const at::Tensor& amps, Composite composite) {
+  int32_t flaws = 0;
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "splat_find_flaws", [&] {
+    const scalar_t* s = sigmas.const_data_ptr<scalar_t>();
+    flaws = (all_finite(means.const_data_ptr<scalar_t>(), means.numel()) ? 0 : kMeansNonfinite) |
+            (all_finite(s, sigmas.numel()) ? 0 : kSigmasNonfinite) |
+            (all_positive(s, sigmas.numel()) ? 0 : kSigmasNonpositive) |
+            (all_finite(amps.const_data_ptr<scalar_t>(), amps.numel()) ? 0 : kAmpsNonfinite);
+    if (kCompositeNeedsUnitAmps[composite] && !all_in_unit_interval(amps.const_data_ptr<scalar_t>(), amps.numel())) {
+      flaws |= kAmpsOutsideUnit;
+    }
+  });
+  return flaws;
+}
+
+// SPLATKERN_CPU_SUPPORTS=0 visits every marker (soft composites) and every segment (strokes) on
+// every pixel of a tile instead of their supports only: the same results (up to the order of
+// additions in the markers' smoothmax sums), for measuring and testing what the skipping saves.
+inline bool skip_outside_supports() {
+  static const bool skip = [] {
+    const char* asked = std::getenv("SPLATKERN_CPU_SUPPORTS");
+    if (asked == nullptr || *asked == '\0') return true;
+    const std::string value(asked);
+    TORCH_CHECK_VALUE(value == "0" || value == "1", message("SPLATKERN_CPU_SUPPORTS must be 0 or 1, got '", value, "'"));
+    return value == "1";
+  }();
+  return skip;
+}
+
+// The vector width of the loops built on Vec (the soft composites', the strokes'): the ISA's, at
+// most 32 bytes. Their selects and bit masks on 64-byte vectors, compiled for AVX-512F alone (no
+// DQ/BW/VL), run slower than on two 32-byte halves (docs/performance.md).
+template <int64_t kVectorBytes>
+constexpr int64_t kSelectLoopBytes = kVectorBytes < 32 ? kVectorBytes : 32;
 
 // The backwards' last step: each tile wrote its per-marker sums to partials [items, N, kPartials]
 // (item = b * tiles_per_image + tile); this calls finish(bn, sums) for every marker bn = b * N + n with

@@ -53,19 +53,6 @@ struct Support {
   int64_t row_begin = 0, row_end = 0, col_begin = 0, col_end = 0;
 };
 
-// SPLATKERN_CPU_SUPPORTS=0 visits every marker on every pixel of a tile instead: the same results
-// (up to the order of additions in smoothmax's sums), for measuring what the skipping saves.
-bool skip_outside_supports() {
-  static const bool skip = [] {
-    const char* asked = std::getenv("SPLATKERN_CPU_SUPPORTS");
-    if (asked == nullptr || *asked == '\0') return true;
-    const std::string value(asked);
-    TORCH_CHECK_VALUE(value == "0" || value == "1", message("SPLATKERN_CPU_SUPPORTS must be 0 or 1, got '", value, "'"));
-    return value == "1";
-  }();
-  return skip;
-}
-
 // One axis of a marker's support: the pixels [begin, end) of the `count` from `origin` on (k stands for
 // origin + k) where the axis factor may be nonzero, |origin + k - centre| / sigma <= sqrt(2 flush),
 // widened by a pixel on each side so that no rounding of the factor loops' exponent can keep a factor
@@ -120,48 +107,6 @@ struct SoftTile {
   int64_t n_markers;
   int64_t pixels;  // of the state tables: rows * col_stride
   scalar_t temperature, inv_temperature;
-};
-
-// The soft kernels' loops are written on GCC's portable vector types as wide as the ISA's registers
-// (kBytes; GCC's vectoriser gives up on the backward's pixel loop). Supports and state tables come
-// in whole widest vectors, which kParts such vectors make up. Every lane does the same operations
-// in the same order whatever kBytes is, and each widest-vector lane keeps its own running sums, so
-// every ISA gives the same bits.
-template <typename scalar_t, int64_t kBytes>
-struct Vec {
-  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
-  typedef scalar_t V __attribute__((vector_size(kBytes)));
-  typedef bits_t Mask __attribute__((vector_size(kBytes)));  // what a comparison gives: all ones or 0
-  static constexpr int64_t kCount = kBytes / static_cast<int64_t>(sizeof(scalar_t));
-  static constexpr int64_t kParts = kWidestVectorBytes / kBytes;
-
-  static inline __attribute__((always_inline)) V load(const scalar_t* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static inline __attribute__((always_inline)) void store(scalar_t* p, V v) { std::memcpy(p, &v, sizeof v); }
-  static inline __attribute__((always_inline)) V splat(scalar_t x) { return V{} + x; }
-  static inline __attribute__((always_inline)) V iota() {
-    V v;
-    for (int64_t k = 0; k < kCount; ++k) v[k] = scalar_t(k);
-    return v;
-  }
-  // `value` where `keep`, else +0 (a bit mask: exact for any value, inf and NaN included)
-  static inline __attribute__((always_inline)) V keep_or_zero(Mask keep, V value) { return (V)((Mask)value & keep); }
-
-  // scale * exp(-x), flushed to 0 unless 0 <= x <= the flush exponent, as the axis factors are.
-  // float: scaled_exp_neg's polynomial on the vector; double: scaled_exp_neg, lane by lane.
-  static inline __attribute__((always_inline)) V flushed_exp_neg(V x, V scale) {
-    const Mask keep = (x >= scalar_t(0)) & (x <= kFlushExponent<scalar_t>);
-    V value;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      value = scaled_exp_neg_float<V, Mask>(x, scale);
-    } else {
-      for (int64_t k = 0; k < kCount; ++k) value[k] = scaled_exp_neg(x[k], scale[k]);
-    }
-    return keep_or_zero(keep, value);
-  }
 };
 
 // Calls chunk(v, p) for every marker and ISA vector of pixels of its support, where v is the marker's
@@ -269,17 +214,11 @@ inline __attribute__((always_inline)) void soft_forward_tile(const SoftTile<scal
   }
 }
 
-// The soft loops' vector width: the ISA's, at most 32 bytes. Their selects and bit masks on 64-byte
-// vectors, compiled for AVX-512F alone (no DQ/BW/VL), run slower than on two 32-byte halves
-// (docs/performance.md).
-template <int64_t kVectorBytes>
-constexpr int64_t kSoftBytes = kVectorBytes < 32 ? kVectorBytes : 32;
-
 struct SoftForwardTile {
   template <int64_t kVectorBytes, typename scalar_t>
   static inline __attribute__((always_inline)) void run(const SoftTile<scalar_t>* tile, Composite composite,
                                                         SoftScratch<scalar_t>* scratch) {
-    soft_forward_tile<kSoftBytes<kVectorBytes>>(*tile, composite, *scratch);
+    soft_forward_tile<kSelectLoopBytes<kVectorBytes>>(*tile, composite, *scratch);
   }
 };
 
@@ -375,7 +314,7 @@ struct SoftBackwardTile {
   static inline __attribute__((always_inline)) void run(const SoftTile<scalar_t>* tile, Composite composite,
                                                         SoftScratch<scalar_t>* scratch, const scalar_t* means,
                                                         const scalar_t* amps, int64_t row0, double* partials) {
-    constexpr int64_t kBytes = kSoftBytes<kVectorBytes>;
+    constexpr int64_t kBytes = kSelectLoopBytes<kVectorBytes>;
     if (composite == kSmoothmax) {
       soft_backward_tile<kBytes, Derivative::kSoftmax>(*tile, *scratch, means, amps, row0, partials);
       return;

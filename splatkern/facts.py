@@ -10,34 +10,38 @@ from __future__ import annotations
 import math
 
 # The value checks, in the order they are reported when several hold. Kernels OR the bit
-# ``FLAW_BIT[name]`` into a flag word when they find the flaw; ``FLAW_MESSAGES[k]`` is bit ``1 << k``'s error.
+# ``FLAW_BIT[name]`` into a flag word when they find the flaw; an op's messages (``FLAW_MESSAGES`` for
+# splat_render, ``STROKE_FLAW_MESSAGES`` for stroke_render) hold bit ``1 << k``'s error at ``k``.
+# ``{op}`` is the op's name, ``{points}`` its argument of coordinates.
 MARKER_FLAWS = (
-    ("means_nonfinite", "splat_render: means must be finite (found NaN or inf)"),
-    ("sigmas_nonfinite", "splat_render: sigmas must be finite (found NaN or inf)"),
-    ("sigmas_nonpositive", "splat_render: sigmas must be > 0 (found a value <= 0)"),
-    ("amps_nonfinite", "splat_render: amps must be finite (found NaN or inf)"),
+    ("means_nonfinite", "{op}: {points} must be finite (found NaN or inf)"),
+    ("sigmas_nonfinite", "{op}: sigmas must be finite (found NaN or inf)"),
+    ("sigmas_nonpositive", "{op}: sigmas must be > 0 (found a value <= 0)"),
+    ("amps_nonfinite", "{op}: amps must be finite (found NaN or inf)"),
     # checked only where the composite needs it (UNIT_AMP_COMPOSITES)
-    ("amps_outside_unit", "splat_render: amps must lie in [0, 1] for composite 'softor' and 'over' (found a value outside)"),
+    ("amps_outside_unit", "{op}: amps must lie in [0, 1] for composite 'softor' and 'over' (found a value outside)"),
 )
 FLAW_BIT = {name: 1 << bit for bit, (name, _) in enumerate(MARKER_FLAWS)}
-FLAW_MESSAGES = tuple(message for _, message in MARKER_FLAWS)
+FLAW_MESSAGES = tuple(text.format(op="splat_render", points="means") for _, text in MARKER_FLAWS)
+STROKE_FLAW_MESSAGES = tuple(text.format(op="stroke_render", points="paths") for _, text in MARKER_FLAWS)
 
 # How primitives are composited per pixel (splatkern/reference.py's composite_reference states each
 # rule). The kernels take a mode as its index here.
 COMPOSITES = ("max", "softor", "over", "smoothmax")
 # The modes whose values are coverages: they need 0 <= amps <= 1.
 UNIT_AMP_COMPOSITES = ("softor", "over")
-# Errors about the op's non-tensor arguments; every language appends ", got <value>".
-UNKNOWN_COMPOSITE = "splat_render: composite must be one of " + ", ".join(f"'{name}'" for name in COMPOSITES)
-BAD_TEMPERATURE = "splat_render: temperature must be a finite number > 0"
-INDEX_NEEDS_MAX = "splat_render: return_index=True needs composite='max' (the other modes have no winner)"
+# Errors about the ops' non-tensor arguments, after "<op>: " (the op's name); every language appends
+# ", got <value>".
+UNKNOWN_COMPOSITE = "composite must be one of " + ", ".join(f"'{name}'" for name in COMPOSITES)
+BAD_TEMPERATURE = "temperature must be a finite number > 0"
+INDEX_NEEDS_MAX = "return_index=True needs composite='max' (the other modes have no winner)"
 # The fused forward of a soft composite returns, beside the image, the per-pixel state its backward
 # reads, [B, SOFT_STATE_PLANES, H, W] (csrc/splat.cpp states what each plane holds).
 SOFT_STATE_PLANES = 2
 
 # The fused backends' backward has no derivative: differentiating it again raises NotImplementedError.
 NO_DOUBLE_BACKWARD = (
-    "splat_render: double backward is not supported by the fused backends (their backward has no derivative); "
+    "double backward is not supported by splatkern's fused backends (their backward has no derivative); "
     'use backend="reference" for second derivatives'
 )
 
@@ -67,6 +71,7 @@ def c_header() -> str:
     """csrc/splat_facts.h: the facts above for C++ host and CUDA device code, with no torch dependency."""
     flaw_bits = "\n".join(f"  {_camel(name)} = {bit}," for name, bit in FLAW_BIT.items())
     flaw_messages = "\n".join(f"    {_c_string(message)}," for message in FLAW_MESSAGES)
+    stroke_flaw_messages = "\n".join(f"    {_c_string(message)}," for message in STROKE_FLAW_MESSAGES)
     before_count, after_count = BAD_INDEX.split("{n_markers}")
     composites = "\n".join(f"  {_camel(name)} = {k}," for k, name in enumerate(COMPOSITES))
     # The kernels compute in float or double: each type takes its value, rounded from the double
@@ -88,9 +93,12 @@ enum MarkerFlaw : int32_t {{
 {flaw_bits}
 }};
 
-// kFlawMessages[k] is the error of flaw bit 1 << k.
+// kFlawMessages[k] is splat_render's error of flaw bit 1 << k, kStrokeFlawMessages[k] stroke_render's.
 inline constexpr const char* kFlawMessages[] = {{
 {flaw_messages}
+}};
+inline constexpr const char* kStrokeFlawMessages[] = {{
+{stroke_flaw_messages}
 }};
 
 // The compositing modes, as the ops' `composite` argument names them in this order.
@@ -100,6 +108,7 @@ enum Composite : int32_t {{
 inline constexpr const char* kCompositeNames[] = {{{", ".join(_c_string(name) for name in COMPOSITES)}}};
 // Whether composite k needs 0 <= amps <= 1 (flaw kAmpsOutsideUnit otherwise).
 inline constexpr bool kCompositeNeedsUnitAmps[] = {{{", ".join("true" if name in UNIT_AMP_COMPOSITES else "false" for name in COMPOSITES)}}};
+// After "<op>: ".
 inline constexpr const char* kUnknownComposite = {_c_string(UNKNOWN_COMPOSITE)};
 inline constexpr const char* kBadTemperature = {_c_string(BAD_TEMPERATURE)};
 // The planes of a soft composite's per-pixel state (csrc/splat.cpp).

@@ -1,9 +1,11 @@
-"""The public op: argument checks, backend choice, and its torch.library registrations.
+"""The public ops: argument checks, backend choice, and their torch.library registrations.
 
-``splat_render`` checks what can be checked from shapes, dtypes and devices (static, so
-``torch.compile`` keeps it), flattens the batch, and hands contiguous float32/float64 tensors to
-one backend. Value checks (finite inputs, sigmas > 0) run inside the backend's op, where
-``torch.compile`` cannot drop them. The math itself is stated once, in ``reference.py``.
+``splat_render`` and ``stroke_render`` check what can be checked from shapes, dtypes and devices
+(static, so ``torch.compile`` keeps it), flatten the batch, and hand contiguous float32/float64
+tensors to one backend. Value checks (finite inputs, sigmas > 0) run inside the backend's op, where
+``torch.compile`` cannot drop them. The math itself is stated once per op, in ``reference.py`` and
+``stroke_reference.py``. Both ops' fused kernels share one signature (coordinates, sigmas, amps,
+height, width, deterministic, composite, temperature), so one autograd rule serves both.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from splatkern.checks import (
     check_canvas,
     check_composite,
     check_markers,
+    check_strokes,
     check_values,
     compute_dtype,
 )
-from splatkern.facts import NO_DOUBLE_BACKWARD, SOFT_STATE_PLANES
+from splatkern.facts import NO_DOUBLE_BACKWARD, SOFT_STATE_PLANES, STROKE_FLAW_MESSAGES
 from splatkern.reference import splat_render_reference
+from splatkern.stroke_reference import stroke_render_reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 # "auto" takes the first available backend for the tensors' device: the fastest in the benchmarks
@@ -48,6 +52,10 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
 _AVAILABLE: dict[str, tuple[str, ...]] = {}
 
 
+# The backends that draw strokes; the others are splat_render's alone.
+STROKE_BACKENDS = ("reference", "cpu")
+
+
 # A constant to torch.compile: traced, a cached function warns the user (functools.cache) or adds
 # guards on the cache (a dict).
 @torch.compiler.assume_constant_result
@@ -61,24 +69,32 @@ def _available_backends(device_type: str) -> tuple[str, ...]:
 # --- torch.library registrations: one forward/backward op pair per fused backend ------------------
 
 
-def _fake_forward(means, sigmas, amps, height, width, deterministic, composite="max", temperature=1.0):
-    check_markers(means, sigmas, amps, flat=True)
-    check_canvas(height, width)
-    check_composite(composite, temperature)
-    batch = means.shape[0]
-    if composite == "max":  # the winner map
-        return means.new_empty(batch, height, width), means.new_empty(batch, height, width, dtype=torch.int32)
-    return means.new_empty(batch, height, width), means.new_empty(batch, SOFT_STATE_PLANES, height, width)
+def _fakes(check_primitives, op: str) -> tuple[Callable, Callable]:
+    """The fake (meta) forward and backward of an op whose primitives ``check_primitives`` checks."""
+
+    def fake_forward(points, sigmas, amps, height, width, deterministic, composite="max", temperature=1.0):
+        check_primitives(points, sigmas, amps, flat=True)
+        check_canvas(height, width, op)
+        check_composite(composite, temperature, op=op)
+        batch = points.shape[0]
+        if composite == "max":  # the winner map
+            return points.new_empty(batch, height, width), points.new_empty(batch, height, width, dtype=torch.int32)
+        return points.new_empty(batch, height, width), points.new_empty(batch, SOFT_STATE_PLANES, height, width)
+
+    def fake_backward(grad_image, points, sigmas, amps, saved, deterministic, composite="max", temperature=1.0):
+        check_backward_layout(grad_image, points, sigmas, amps, saved, composite, strokes=op == "stroke_render")
+        return torch.empty_like(points), torch.empty_like(sigmas), torch.empty_like(amps)
+
+    return fake_forward, fake_backward
 
 
-def _fake_backward(grad_image, means, sigmas, amps, saved, deterministic, composite="max", temperature=1.0):
-    check_backward_layout(grad_image, means, sigmas, amps, saved, composite)
-    return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(amps)
+_MARKER_FAKES = _fakes(check_markers, "splat_render")
+_STROKE_FAKES = _fakes(check_strokes, "stroke_render")
 
 
-def _register_fakes(forward_op: str, backward_op: str) -> None:
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
+def _register_fakes(forward_op: str, backward_op: str, fakes: tuple[Callable, Callable] = _MARKER_FAKES) -> None:
+    torch.library.register_fake(forward_op)(fakes[0])
+    torch.library.register_fake(backward_op)(fakes[1])
 
 
 # The autograd rule of a fused forward: the image's gradient goes through the analytic backward, which
@@ -116,6 +132,7 @@ def _no_double_backward(ctx, *grads):
 
 if _extension.LOAD_ERROR is None:
     _register_fakes("splatkern::splat_forward", "splatkern::splat_backward")
+    _register_fakes("splatkern::stroke_forward", "splatkern::stroke_backward", _STROKE_FAKES)
 
 
 # The fused kernels as callables, without autograd, in the argument order of the C++ schema
@@ -147,6 +164,8 @@ _TRITON_KERNELS = _Kernels(_triton_forward_kernels, _triton_backward_kernels)
 # Looked up per call: the ops exist only when the extension loaded.
 _CPP_KERNELS = _Kernels(lambda *args: torch.ops.splatkern.splat_forward(*args),
                         lambda *args: torch.ops.splatkern.splat_backward(*args))  # fmt: skip
+_CPP_STROKE_KERNELS = _Kernels(lambda *args: torch.ops.splatkern.stroke_forward(*args),
+                               lambda *args: torch.ops.splatkern.stroke_backward(*args))  # fmt: skip
 
 
 # The Triton kernels as custom ops: what torch.compile sees (an opaque op with a fake kernel, so the
@@ -239,32 +258,37 @@ class _FusedRenderForFunc(_FusedRender):
         ctx.kernels = inputs[-1]
 
 
-def _fused_forward(backend: str) -> Callable:
-    """How splat_render calls a fused backend's forward: (means, sigmas, amps, height, width,
-    deterministic, composite, temperature) -> (image, saved), differentiable. torch.compile sees the ops themselves."""
+def _fused_forward(backend: str, strokes: bool = False) -> Callable:
+    """How an op calls a fused backend's forward: (coordinates, sigmas, amps, height, width,
+    deterministic, composite, temperature) -> (image, saved), differentiable; ``strokes`` picks
+    stroke_render's kernels. torch.compile sees the ops themselves."""
+    cpp_op = torch.ops.splatkern.stroke_forward if strokes else torch.ops.splatkern.splat_forward
     if torch.compiler.is_compiling():
-        return _triton_forward if backend == "triton" else torch.ops.splatkern.splat_forward
+        return _triton_forward if backend == "triton" else cpp_op
     if torch._C._are_functorch_transforms_active():
-        kernels = _TRITON_KERNELS if backend == "triton" else _CPP_KERNELS
+        kernels = _TRITON_KERNELS if backend == "triton" else _CPP_STROKE_KERNELS if strokes else _CPP_KERNELS
         return lambda *args: _FusedRenderForFunc.apply(*args, kernels)
     if backend == "triton":
         return lambda *args: _FusedRender.apply(*args, _TRITON_KERNELS)
-    return torch.ops.splatkern.splat_forward
+    return cpp_op
 
 
 # --- the public entry -----------------------------------------------------------------------------
 
 
-def _check_arguments(means, sigmas, amps, height, width, composite, temperature, return_index, backend) -> None:
-    check_markers(means, sigmas, amps)
-    check_canvas(height, width)
-    check_composite(composite, temperature, return_index)
+def _check_arguments(op, height, width, composite, temperature, return_index, backend) -> None:
+    check_canvas(height, width, op)
+    check_composite(composite, temperature, return_index, op)
     if backend not in BACKENDS:
-        raise ValueError(f"splat_render: unknown backend {backend!r}; choose one of {BACKENDS}")
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
+def _pick_backend(backend: str, device: torch.device, op: str = "splat_render") -> str:
     available = _available_backends(device.type)
+    if op == "stroke_render":
+        available = tuple(name for name in available if name in STROKE_BACKENDS)
+        if backend != "auto" and backend in _available_backends(device.type) and backend not in available:
+            raise ValueError(f"stroke_render: backend {backend!r} does not draw strokes yet; available: {list(available)}")
     if backend == "auto":
         # Warning is eager-only: traced, it would become part of the compiled graph.
         if _extension.LOAD_ERROR is not None and not torch.compiler.is_compiling():
@@ -272,7 +296,7 @@ def _pick_backend(backend: str, device: torch.device) -> str:
         return available[0]
     if backend not in available:
         raise ValueError(
-            f"splat_render: backend {backend!r} is not available for {device.type} tensors here; "
+            f"{op}: backend {backend!r} is not available for {device.type} tensors here; "
             f"available: {list(available)} ({_extension.missing_reason(backend, device.type)})"
         )
     return backend
@@ -315,30 +339,83 @@ def splat_render(
     """
     if amps is None and isinstance(sigmas, torch.Tensor):
         amps = torch.ones_like(sigmas)
-    _check_arguments(means, sigmas, amps, height, width, composite, temperature, return_index, backend)
+    check_markers(means, sigmas, amps)
+    return _render("splat_render", means, sigmas, amps, height, width, composite, temperature, backend,
+                   return_index, deterministic)
+
+
+def stroke_render(
+    paths: torch.Tensor,
+    sigmas: torch.Tensor,
+    amps: torch.Tensor | None = None,
+    *,
+    height: int,
+    width: int,
+    composite: str = "max",
+    temperature: float = 1.0,
+    backend: str = "auto",
+    return_index: bool = False,
+    deterministic: bool | None = None,
+):
+    """Draw polyline pen strokes whose width and intensity vary along them, and composite them per
+    pixel: the contract is :func:`splatkern.stroke_reference.stroke_render_reference`'s docstring.
+
+    Args:
+        paths: ``[..., S, P, 2]`` the vertices ``(x, y)`` of ``S`` strokes of ``P >= 1`` vertices, in
+            pixels (pixel ``(i, j)`` is at ``x=j, y=i``); segment ``k`` joins vertices ``k`` and ``k + 1``.
+        sigmas: ``[..., S, P]`` the width (a standard deviation in pixels, ``> 0``) at each vertex,
+            linear along each segment.
+        amps: ``[..., S, P]`` the intensity at each vertex, linear along each segment; ``None`` means 1.
+        height, width: the canvas size in pixels.
+        composite: how a pixel's stroke values combine, as in :func:`splatkern.splat_render` (each
+            stroke playing a marker's part; ``"over"``: stroke 0 in front). A stroke's value is the max
+            over its segments.
+        temperature: the softmax temperature of ``"smoothmax"``, a finite number ``> 0``.
+        backend: ``"auto"``, ``"reference"`` or a fused backend that draws strokes (``"cpu"``).
+        return_index: also return the int32 winner map ``[..., H, W]`` of ``s * max(P - 1, 1) + k``
+            (stroke ``s``, its segment ``k``; ``-1`` where S = 0); ``"max"`` only.
+        deterministic: as in :func:`splatkern.splat_render`.
+
+    float32 and float64 are computed natively; float16 and bfloat16 in float32, returned in the
+    input dtype. Bad input raises ``TypeError`` / ``ValueError`` naming the argument.
+    """
+    if amps is None and isinstance(sigmas, torch.Tensor):
+        amps = torch.ones_like(sigmas)
+    check_strokes(paths, sigmas, amps)
+    return _render("stroke_render", paths, sigmas, amps, height, width, composite, temperature, backend,
+                   return_index, deterministic)
+
+
+def _render(op, points, sigmas, amps, height, width, composite, temperature, backend, return_index, deterministic):
+    """Both ops past their primitives' checks: the other checks, the backend, the flat batch, the call."""
+    _check_arguments(op, height, width, composite, temperature, return_index, backend)
     temperature = float(temperature)
-    chosen = _pick_backend(backend, means.device)
+    strokes = op == "stroke_render"
+    chosen = _pick_backend(backend, points.device, op)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
 
-    dtype, batch_shape = means.dtype, means.shape[:-2]
+    primitive_shape = sigmas.shape[-2:] if strokes else sigmas.shape[-1:]  # (S, P) or (N,)
+    dtype, batch_shape = points.dtype, sigmas.shape[: sigmas.dim() - len(primitive_shape)]
     if len(batch_shape) != 1:  # else as is: each reshape would add a view and an autograd node
-        batch, n_markers = math.prod(batch_shape), means.shape[-2]
-        means = means.reshape(batch, n_markers, 2)
-        sigmas, amps = sigmas.reshape(batch, n_markers), amps.reshape(batch, n_markers)
+        batch = math.prod(batch_shape)
+        points = points.reshape(batch, *primitive_shape, 2)
+        sigmas, amps = sigmas.reshape(batch, *primitive_shape), amps.reshape(batch, *primitive_shape)
     computed_in = compute_dtype(dtype)
     # (`.to` dispatches even to the same dtype: skipped where it would do nothing)
-    flat_means, flat_sigmas, flat_amps = (
-        (t if t.dtype == computed_in else t.to(computed_in)).contiguous() for t in (means, sigmas, amps)
+    flat_points, flat_sigmas, flat_amps = (
+        (t if t.dtype == computed_in else t.to(computed_in)).contiguous() for t in (points, sigmas, amps)
     )
 
     if chosen == "reference":
         if not torch.compiler.is_compiling():  # data-dependent: compiled code skips it
-            check_values(flat_means, flat_sigmas, flat_amps, composite)
-        image, index = splat_render_reference(flat_means, flat_sigmas, flat_amps, height, width, composite, temperature)
+            check_values(flat_points, flat_sigmas, flat_amps, composite,
+                         *((STROKE_FLAW_MESSAGES,) if strokes else ()))
+        reference = stroke_render_reference if strokes else splat_render_reference
+        image, index = reference(flat_points, flat_sigmas, flat_amps, height, width, composite, temperature)
     else:
-        image, index = _fused_forward(chosen)(flat_means, flat_sigmas, flat_amps, height, width, deterministic,
-                                              composite, temperature)
+        image, index = _fused_forward(chosen, strokes)(flat_points, flat_sigmas, flat_amps, height, width,
+                                                       deterministic, composite, temperature)
 
     if len(batch_shape) != 1:
         image = image.reshape(*batch_shape, height, width)

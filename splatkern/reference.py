@@ -70,7 +70,7 @@ def splat_render_reference(
     ``[..., N, H, W]`` and reduces it, which is what makes it obviously correct and slow.
     """
     if composite not in COMPOSITES:
-        raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
+        raise ValueError(f"splat_render: {UNKNOWN_COMPOSITE}, got {composite!r}")
     if means.shape[-2] == 0:
         return nothing_drawn(means, means.shape[:-2], height, width, composite)
     values = marker_values(means, sigmas, amps, height, width)
@@ -119,7 +119,7 @@ def composite_reference(values: torch.Tensor, composite: str = "max", temperatur
     and ``torch.softmax`` subtracts its running max, so ``v = 1`` and small temperatures stay finite.
     """
     if composite not in COMPOSITES:
-        raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
+        raise ValueError(f"splat_render: {UNKNOWN_COMPOSITE}, got {composite!r}")
     if values.shape[-3] == 0:
         return values.new_zeros(*values.shape[:-3], *values.shape[-2:])
     if composite == "max":

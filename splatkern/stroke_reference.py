@@ -1,6 +1,6 @@
 """The contract of ``stroke_render``, written once: its docstring and its plain-PyTorch oracle.
 
-``stroke_render`` (fused kernels to come) draws polyline pen strokes whose width and intensity vary
+``stroke_render`` draws polyline pen strokes whose width and intensity vary
 along them, and composites the strokes per pixel by the rule every op shares
 (:func:`splatkern.reference.composite_reference`). This module imports no kernel.
 
@@ -70,10 +70,17 @@ def stroke_render_reference(
       ``s * max(P - 1, 1) + k`` (stroke ``s``, its segment ``k``; ties to the lowest ``s``, then
       ``k``), ``-1`` where ``S = 0``; ``None`` for the other modes.
 
+    The fused kernels flush a segment's value to 0 where its exponent ``|p - q|^2 / (2 sigma(t)^2)``
+    exceeds the per-axis flush exponent of ``splat_render`` (``splatkern/facts.py``; the value is then
+    below ``|amp| * sqrt(smallest normal)``), which lets them skip every segment outside its box grown
+    by ``sqrt(2 * flush exponent) * max(sigma_k, sigma_{k+1})``: exact under that rule. Where every
+    value at a pixel is flushed, their winner is the lowest stroke and segment, while this oracle's
+    may be whichever tiny value is largest.
+
     It materialises ``[..., S, P - 1, H, W]``: obviously correct, and slow.
     """
     if composite not in COMPOSITES:
-        raise ValueError(f"{UNKNOWN_COMPOSITE}, got {composite!r}")
+        raise ValueError(f"stroke_render: {UNKNOWN_COMPOSITE}, got {composite!r}")
     if paths.dim() < 3 or paths.shape[-1] != 2 or paths.shape[-2] < 1:
         raise ValueError(f"stroke_render: paths must have shape [..., S, P, 2] with P >= 1, got {list(paths.shape)}")
     batch_shape, n_strokes, n_vertices = paths.shape[:-3], paths.shape[-3], paths.shape[-2]

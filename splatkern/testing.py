@@ -128,6 +128,32 @@ def make_markers(batch_shape, n_markers, height, width, *, dtype=torch.float32, 
     return tuple(t.to(device, dtype) for t in (means, sigmas, amps))
 
 
+def make_strokes(batch_shape, n_strokes, n_vertices, height, width, *, dtype=torch.float32, device="cpu", seed=0,
+                 sigma_range=(0.4, 3.0), margin=3.0, unit_amps=False):
+    """Random strokes: random walks that start over the image or up to `margin` px outside it, with
+    steps of about a sixth of the image, log-uniform vertex sigmas and amplitudes as make_markers
+    draws them ([-0.2, 1.2], or with `unit_amps` clamped to [0, 1]: some exactly 0 and 1); for
+    P > 2, vertex 2 of every stroke repeats vertex 1 (a segment with a = b), and for S > 2 stroke 1
+    lies so far outside the image that the fused kernels flush it everywhere. Drawn on the CPU from a
+    generator seeded with `seed`, as make_markers."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (*batch_shape, n_strokes, n_vertices)
+    size = torch.tensor([width - 1 + 2 * margin, height - 1 + 2 * margin], dtype=torch.float64)
+    start = torch.rand(*shape[:-1], 1, 2, generator=gen, dtype=torch.float64) * size - margin
+    steps = torch.randn(*shape[:-1], n_vertices - 1, 2, generator=gen, dtype=torch.float64) * (size / 6)
+    paths = torch.cat([start, start + steps.cumsum(dim=-2)], dim=-2)
+    lo, hi = torch.log(torch.tensor(sigma_range, dtype=torch.float64))
+    sigmas = torch.exp(lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64))
+    amps = 1.4 * torch.rand(*shape, generator=gen, dtype=torch.float64) - 0.2
+    if unit_amps:
+        amps = amps.clamp(0.0, 1.0)
+    if n_vertices > 2:
+        paths[..., 2, :] = paths[..., 1, :]
+    if n_strokes > 2:
+        paths[..., 1, :, :] = paths[..., 1, :, :] * 0.01 + torch.tensor([-60.0, height + 60.0], dtype=torch.float64)
+    return tuple(t.to(device, dtype) for t in (paths, sigmas, amps))
+
+
 def random_like_image(shape, *, device="cpu", seed=0):
     """A seeded upstream gradient (drawn on CPU so that every device sees the same numbers)."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)

@@ -27,6 +27,7 @@ from splatkern.testing import (  # noqa: F401 - re-exported for the test modules
     compare_with_reference,
     is_interpreted,
     make_markers,
+    make_strokes,
     measure_grads,
     random_like_image,
     render_with_grads,

@@ -35,14 +35,14 @@ def test_thread_count_does_not_change_results(batch):
         assert torch.equal(one, two)
 
 
-# Renders a few shapes with the CPU kernel in every composite mode, forward and backward, and saves the
-# images, winner maps (empty for the soft modes) and gradients to argv[1]. The shapes: widths that cut
+# Renders a few shapes with the CPU kernels (markers, then strokes) in every composite mode, forward
+# and backward, and saves the images, winner maps (empty for the soft modes) and gradients to argv[1]. The shapes: widths that cut
 # every vector width; N = 1 and N past a vector of markers; row tiles that start inside the image
 # (batch 1, 130 rows) and whole images (batch 17); float32 and float64.
 _RENDER_CASES = """
 import sys, torch, splatkern
 sys.path.insert(0, sys.argv[2])
-from support import make_markers, random_like_image
+from support import make_markers, make_strokes, random_like_image
 out = {}
 for batch, n, height, width, dtype in [(3, 1, 5, 9, torch.float32), (2, 70, 13, 41, torch.float32),
                                        (17, 25, 28, 28, torch.float32), (1, 12, 130, 70, torch.float32),
@@ -55,6 +55,19 @@ for batch, n, height, width, dtype in [(3, 1, 5, 9, torch.float32), (2, 70, 13, 
         image, index = image if composite == "max" else (image, torch.empty(0, dtype=torch.int32))
         image.backward(random_like_image(image.shape, seed=n).to(dtype))
         out[f"{composite}-{batch}-{n}-{height}x{width}-{dtype}"] = (image.detach(), index, *(t.grad for t in leaves))
+for batch, strokes, vertices, height, width, dtype in [(3, 1, 1, 5, 9, torch.float32), (2, 3, 6, 13, 41, torch.float32),
+                                                      (17, 1, 25, 28, 28, torch.float32), (1, 4, 5, 130, 70, torch.float32),
+                                                      (2, 3, 4, 7, 37, torch.float64)]:
+    for composite in splatkern.COMPOSITES:
+        inputs = make_strokes((batch,), strokes, vertices, height, width, dtype=dtype, seed=vertices,
+                              unit_amps=composite != "max")
+        leaves = [t.requires_grad_() for t in inputs]
+        image = splatkern.stroke_render(*leaves, height=height, width=width, backend="cpu", composite=composite,
+                                        temperature=0.3, return_index=composite == "max")
+        image, index = image if composite == "max" else (image, torch.empty(0, dtype=torch.int32))
+        image.backward(random_like_image(image.shape, seed=vertices).to(dtype))
+        key = f"stroke-{composite}-{batch}-{strokes}x{vertices}-{height}x{width}-{dtype}"
+        out[key] = (image.detach(), index, *(t.grad for t in leaves))
 torch.save(out, sys.argv[1])
 """
 _RESULTS = ("image", "winners", "grad means", "grad sigmas", "grad amps")
@@ -99,9 +112,9 @@ def test_every_vector_width_gives_the_same_bits(isa, results_with):
 
 
 def test_support_skipping_changes_nothing_but_the_time(results_with):
-    """SPLATKERN_CPU_SUPPORTS=0 visits every marker on every pixel of a tile in the soft modes: the values
-    it skips are 0, so softor and over give the same bits and smoothmax the same up to the order of its
-    sums' additions."""
+    """SPLATKERN_CPU_SUPPORTS=0 visits every marker on every pixel of a tile in the soft modes, and every
+    segment of every stroke in all modes: the values it skips are 0, so the strokes, softor and over
+    give the same bits and the markers' smoothmax the same up to the order of its sums' additions."""
     require("cpu", "cpu")
     skipping, visiting_all = results_with(SPLATKERN_CPU_SUPPORTS="1"), results_with(SPLATKERN_CPU_SUPPORTS="0")
     for case, tensors in skipping.items():

@@ -37,6 +37,7 @@ def test_header_states_every_fact():
     header = facts.c_header()
     for bit, message in enumerate(facts.FLAW_MESSAGES):
         assert f'    "{message}",' in header
+        assert f'    "{facts.STROKE_FLAW_MESSAGES[bit]}",' in header
         assert f" = {1 << bit}," in header
     assert 'use backend=\\"reference\\" for second derivatives";' in header
     for value in facts.FLUSH_EXPONENT.values():
@@ -51,6 +52,7 @@ def test_flush_exponent_is_half_the_log_of_the_smallest_normal(dtype):
 def test_flaw_bits_and_messages_pair_up():
     assert list(facts.FLAW_BIT.values()) == [1 << bit for bit in range(len(facts.FLAW_MESSAGES))]
     assert len(set(facts.FLAW_MESSAGES)) == len(facts.FLAW_MESSAGES)
+    assert len(set(facts.STROKE_FLAW_MESSAGES)) == len(facts.FLAW_MESSAGES)
 
 
 # --- the built extension raises the texts of facts.py ------------------------------------------------
@@ -82,10 +84,10 @@ def test_cpp_argument_errors_are_the_facts():
     require("cpu", "cpu")
     means, sigmas, amps = make_markers((2,), 3, 4, 5)
     message = raised(ValueError, lambda: torch.ops.splatkern.splat_forward(means, sigmas, amps, 4, 5, False, "sum"))
-    assert message == f"{facts.UNKNOWN_COMPOSITE}, got 'sum'"
+    assert message == f"splat_render: {facts.UNKNOWN_COMPOSITE}, got 'sum'"
     message = raised(ValueError, lambda: torch.ops.splatkern.splat_forward(means, sigmas, amps, 4, 5, False,
                                                                           "smoothmax", -0.5))
-    assert message == f"{facts.BAD_TEMPERATURE}, got -0.5"
+    assert message == f"splat_render: {facts.BAD_TEMPERATURE}, got -0.5"
 
 
 def test_cpp_bad_index_error_is_the_fact():
