@@ -158,6 +158,26 @@ def _report_flaws(mx, my, sigma, amp, live, flaws_ptr):
 
 
 @triton.jit
+def _check_values(points_ptr, sigmas_ptr, amps_ptr, base, count, UNIT_AMPS: tl.constexpr, flaws_ptr):
+    """ORs into *flaws_ptr the flaw bits of primitives [base, base + count): points (x, y), sigmas and
+    amps, one per primitive (a marker, or a stroke's vertex); with UNIT_AMPS (the coverages of softor
+    and over) amps outside [0, 1] too."""
+    for n0 in range(0, count, _FLAW_BLOCK):
+        n = base + n0 + tl.arange(0, _FLAW_BLOCK)
+        live = n0 + tl.arange(0, _FLAW_BLOCK) < count
+        amp = tl.load(amps_ptr + n, mask=live, other=0.0)
+        _report_flaws(
+            tl.load(points_ptr + 2 * n, mask=live, other=0.0),
+            tl.load(points_ptr + 2 * n + 1, mask=live, other=0.0),
+            tl.load(sigmas_ptr + n, mask=live, other=1.0),
+            amp, live, flaws_ptr,
+        )  # fmt: skip
+        if UNIT_AMPS:  # NaN is amps_nonfinite's
+            outside = tl.max((live & ((amp < 0) | (amp > 1))).to(tl.int32))
+            tl.atomic_or(flaws_ptr, outside * _AMPS_OUTSIDE_UNIT, mask=outside != 0)
+
+
+@triton.jit
 def _exp_neg(x):
     """exp(-x) for a kept (unflushed) exponent x, whose result is a normal number.
 
@@ -217,16 +237,7 @@ def _forward_kernel(
     marker_base = b * n_markers
 
     if tile == 0:  # every tile reads every marker of its image: one per image checks them
-        for n0 in range(0, n_markers, _FLAW_BLOCK):
-            marker = n0 + tl.arange(0, _FLAW_BLOCK)
-            live = marker < n_markers
-            _report_flaws(
-                tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0),
-                tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0),
-                tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0),
-                tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0),
-                live, flaws_ptr,
-            )  # fmt: skip
+        _check_values(means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, False, flaws_ptr)
 
     y, x = rows.to(dtype), cols.to(dtype)
     best = tl.full([ROW_REPEATS, COL_REPEATS, ROW_SPAN, COL_SPAN], float("-inf"), dtype)
@@ -463,19 +474,7 @@ def _soft_forward_kernel(
     marker_base = b * n_markers
 
     if tile == 0:  # as the max forward: one tile per image checks its markers
-        for n0 in range(0, n_markers, _FLAW_BLOCK):
-            marker = n0 + tl.arange(0, _FLAW_BLOCK)
-            live = marker < n_markers
-            amp = tl.load(amps_ptr + marker_base + marker, mask=live, other=0.0)
-            _report_flaws(
-                tl.load(means_ptr + 2 * (marker_base + marker), mask=live, other=0.0),
-                tl.load(means_ptr + 2 * (marker_base + marker) + 1, mask=live, other=0.0),
-                tl.load(sigmas_ptr + marker_base + marker, mask=live, other=1.0),
-                amp, live, flaws_ptr,
-            )  # fmt: skip
-            if COMPOSITE != _SMOOTHMAX:  # coverages: 0 <= amp <= 1 (NaN is amps_nonfinite's)
-                outside = tl.max((live & ((amp < 0) | (amp > 1))).to(tl.int32))
-                tl.atomic_or(flaws_ptr, outside * _AMPS_OUTSIDE_UNIT, mask=outside != 0)
+        _check_values(means_ptr, sigmas_ptr, amps_ptr, marker_base, n_markers, COMPOSITE != _SMOOTHMAX, flaws_ptr)
 
     y, x = rows.to(dtype), cols.to(dtype)
     if COMPOSITE == _SMOOTHMAX:
@@ -716,9 +715,9 @@ def _flag_word(device: torch.device, capturing: bool) -> torch.Tensor:
     return allocate(1, dtype=torch.int32, device=device)
 
 
-def _check_pixel_count(height: int, width: int) -> None:
+def _check_pixel_count(height: int, width: int, op: str = "splat_render") -> None:
     if height * width >= 2**31:
-        raise ValueError(f"splat_render: the Triton kernels take images of < 2^31 pixels, got {height} x {width}")
+        raise ValueError(f"{op}: the Triton kernels take images of < 2^31 pixels, got {height} x {width}")
 
 
 def _tile_grid(height: int, width: int, config: dict) -> tuple[int, int]:
