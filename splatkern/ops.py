@@ -10,6 +10,7 @@ height, width, deterministic, composite, temperature), so one autograd rule serv
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ _AVAILABLE: dict[str, tuple[str, ...]] = {}
 
 
 # The backends that draw strokes; the others are splat_render's alone.
-STROKE_BACKENDS = ("reference", "cpu")
+STROKE_BACKENDS = ("reference", "cpu", "triton")
 
 
 # A constant to torch.compile: traced, a cached function warns the user (functools.cache) or adds
@@ -141,26 +142,28 @@ if _extension.LOAD_ERROR is None:
 # -> grads.
 
 
-def _triton_forward_kernels(means, sigmas, amps, height, width, deterministic, composite, temperature):
-    from splatkern import triton_kernels  # noqa: PLC0415 - imports triton only when used
-
-    return triton_kernels.forward(means, sigmas, amps, height, width, composite=composite, temperature=temperature)
-
-
-def _triton_backward_kernels(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature):
-    from splatkern import triton_kernels  # noqa: PLC0415
-
-    return triton_kernels.backward(grad_image, means, sigmas, amps, saved, deterministic, composite=composite,
-                                   temperature=temperature)
-
-
 @dataclass(frozen=True)
 class _Kernels:
     forward: Callable
     backward: Callable
 
 
-_TRITON_KERNELS = _Kernels(_triton_forward_kernels, _triton_backward_kernels)
+def _triton_kernels(module: str) -> _Kernels:
+    """The Triton kernels of splatkern.<module> (triton_kernels: markers; triton_strokes: strokes),
+    imported on first use: only then is triton imported."""
+
+    def forward(points, sigmas, amps, height, width, deterministic, composite, temperature):
+        kernels = importlib.import_module(f"splatkern.{module}")
+        return kernels.forward(points, sigmas, amps, height, width, composite=composite, temperature=temperature)
+
+    def backward(grad_image, points, sigmas, amps, saved, deterministic, composite, temperature):
+        kernels = importlib.import_module(f"splatkern.{module}")
+        return kernels.backward(grad_image, points, sigmas, amps, saved, deterministic, composite=composite,
+                                temperature=temperature)
+
+    return _Kernels(forward, backward)
+
+
 # Looked up per call: the ops exist only when the extension loaded.
 _CPP_KERNELS = _Kernels(lambda *args: torch.ops.splatkern.splat_forward(*args),
                         lambda *args: torch.ops.splatkern.splat_backward(*args))  # fmt: skip
@@ -168,48 +171,62 @@ _CPP_STROKE_KERNELS = _Kernels(lambda *args: torch.ops.splatkern.stroke_forward(
                                lambda *args: torch.ops.splatkern.stroke_backward(*args))  # fmt: skip
 
 
-# The Triton kernels as custom ops: what torch.compile sees (an opaque op with a fake kernel, so the
-# value checks' host sync stays inside it).
+@dataclass(frozen=True)
+class _TritonOps:
+    """One op's Triton kernels (called directly by eager code) and their custom-op pair (what
+    torch.compile sees: an opaque op with a fake kernel, so the value checks' host sync stays inside
+    it)."""
+
+    kernels: _Kernels
+    forward: Callable
+    backward: Callable
 
 
-@torch.library.custom_op("splatkern::splat_forward_triton", mutates_args=())
-def _triton_forward(
-    means: torch.Tensor,
-    sigmas: torch.Tensor,
-    amps: torch.Tensor,
-    height: int,
-    width: int,
-    deterministic: bool,
-    composite: str = "max",
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton_forward_kernels(means, sigmas, amps, height, width, deterministic, composite, temperature)
+def _triton_ops(primitive: str, module: str, fakes: tuple[Callable, Callable]) -> _TritonOps:
+    """Defines splatkern::<primitive>_forward_triton and _backward_triton on splatkern.<module>'s
+    kernels, with their fakes and autograd."""
+    kernels = _triton_kernels(module)
+
+    def forward(
+        points: torch.Tensor,
+        sigmas: torch.Tensor,
+        amps: torch.Tensor,
+        height: int,
+        width: int,
+        deterministic: bool,
+        composite: str = "max",
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernels.forward(points, sigmas, amps, height, width, deterministic, composite, temperature)
+
+    def backward(
+        grad_image: torch.Tensor,
+        points: torch.Tensor,
+        sigmas: torch.Tensor,
+        amps: torch.Tensor,
+        saved: torch.Tensor,
+        deterministic: bool,
+        composite: str = "max",
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return kernels.backward(grad_image, points, sigmas, amps, saved, deterministic, composite, temperature)
+
+    forward_name, backward_name = f"splatkern::{primitive}_forward_triton", f"splatkern::{primitive}_backward_triton"
+    forward_op = torch.library.custom_op(forward_name, forward, mutates_args=())
+    backward_op = torch.library.custom_op(backward_name, backward, mutates_args=())
+    _register_fakes(forward_name, backward_name, fakes)
+    torch.library.register_autograd(
+        forward_name,
+        lambda ctx, grad_image, _grad_saved: _forward_gradients(ctx, grad_image, backward_op),
+        setup_context=_setup_context,
+    )
+    # Without it a double backward would run and be silently wrong, with only a warning.
+    torch.library.register_autograd(backward_name, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+    return _TritonOps(kernels, forward_op, backward_op)
 
 
-@torch.library.custom_op("splatkern::splat_backward_triton", mutates_args=())
-def _triton_backward(
-    grad_image: torch.Tensor,
-    means: torch.Tensor,
-    sigmas: torch.Tensor,
-    amps: torch.Tensor,
-    saved: torch.Tensor,
-    deterministic: bool,
-    composite: str = "max",
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton_backward_kernels(grad_image, means, sigmas, amps, saved, deterministic, composite, temperature)
-
-
-_register_fakes("splatkern::splat_forward_triton", "splatkern::splat_backward_triton")
-torch.library.register_autograd(
-    "splatkern::splat_forward_triton",
-    lambda ctx, grad_image, _grad_saved: _forward_gradients(ctx, grad_image, _triton_backward),
-    setup_context=_setup_context,
-)
-# Without it a double backward would run and be silently wrong, with only a warning.
-torch.library.register_autograd(
-    "splatkern::splat_backward_triton", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+_TRITON = _triton_ops("splat", "triton_kernels", _MARKER_FAKES)
+_TRITON_STROKES = _triton_ops("stroke", "triton_strokes", _STROKE_FAKES)
 
 
 class _FusedBackward(torch.autograd.Function):
@@ -263,13 +280,14 @@ def _fused_forward(backend: str, strokes: bool = False) -> Callable:
     deterministic, composite, temperature) -> (image, saved), differentiable; ``strokes`` picks
     stroke_render's kernels. torch.compile sees the ops themselves."""
     cpp_op = torch.ops.splatkern.stroke_forward if strokes else torch.ops.splatkern.splat_forward
+    triton_ops = _TRITON_STROKES if strokes else _TRITON
     if torch.compiler.is_compiling():
-        return _triton_forward if backend == "triton" else cpp_op
+        return triton_ops.forward if backend == "triton" else cpp_op
     if torch._C._are_functorch_transforms_active():
-        kernels = _TRITON_KERNELS if backend == "triton" else _CPP_STROKE_KERNELS if strokes else _CPP_KERNELS
+        kernels = triton_ops.kernels if backend == "triton" else _CPP_STROKE_KERNELS if strokes else _CPP_KERNELS
         return lambda *args: _FusedRenderForFunc.apply(*args, kernels)
     if backend == "triton":
-        return lambda *args: _FusedRender.apply(*args, _TRITON_KERNELS)
+        return lambda *args: _FusedRender.apply(*args, triton_ops.kernels)
     return cpp_op
 
 
@@ -371,7 +389,8 @@ def stroke_render(
             stroke playing a marker's part; ``"over"``: stroke 0 in front). A stroke's value is the max
             over its segments.
         temperature: the softmax temperature of ``"smoothmax"``, a finite number ``> 0``.
-        backend: ``"auto"``, ``"reference"`` or a fused backend that draws strokes (``"cpu"``).
+        backend: ``"auto"``, ``"reference"`` or a fused backend that draws strokes (``"cpu"``,
+            ``"triton"``).
         return_index: also return the int32 winner map ``[..., H, W]`` of ``s * max(P - 1, 1) + k``
             (stroke ``s``, its segment ``k``; ``-1`` where S = 0); ``"max"`` only.
         deterministic: as in :func:`splatkern.splat_render`.

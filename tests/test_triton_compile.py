@@ -1,4 +1,5 @@
-"""The Triton kernels (every composite's) compile for real GPUs (sm_80, sm_90) without spilling registers, with no GPU here.
+"""The Triton kernels (splat_render's and stroke_render's, every composite's) compile for real GPUs
+(sm_80, sm_90) without spilling registers, with no GPU here.
 
 The interpreter (the cpu-triton cases of test_backends.py) checks what the kernels compute, but accepts code that the GPU
 compiler rejects, and says nothing of registers. Compiling needs triton without the interpreter,
@@ -31,6 +32,7 @@ def compile_all() -> list[dict]:
     from triton.compiler import ASTSource  # noqa: PLC0415
 
     from splatkern import triton_kernels as kernels  # noqa: PLC0415
+    from splatkern import triton_strokes as strokes  # noqa: PLC0415
     from splatkern.facts import COMPOSITES  # noqa: PLC0415
     from support import cuobjdump_path  # noqa: PLC0415
 
@@ -63,6 +65,23 @@ def compile_all() -> list[dict]:
                                                          **({} if deterministic else {"partials_ptr": None})))
                     for deterministic in (False, True)
                 ]  # fmt: skip
+            for composite in COMPOSITES:
+                # Triton specialises an int argument of 1 into a constant: P = 1 compiles apart
+                for vertices in ({}, {"n_vertices": 1}):
+                    stroke = dict(FLUSH=flush, REACH=strokes._reach_per_sigma(dtype),
+                                  COMPOSITE=COMPOSITES.index(composite), **vertices,
+                                  **strokes._config(height, width),
+                                  **({} if composite == "smoothmax" else {"inv_t_ptr": None}))
+                    configs.append((strokes._forward_kernel,
+                                    dict(stroke, UNIT_AMPS=composite in ("softor", "over"))))
+                    configs += [
+                        (strokes._backward_kernel, dict(stroke, DETERMINISTIC=deterministic,
+                                                        **({} if deterministic else {"partials_ptr": None}),
+                                                        **({} if composite == "max" else {"bad_index_ptr": None})))
+                        for deterministic in (False, True)
+                    ]  # fmt: skip
+            configs += [(strokes._sum_partials_kernel, dict(BLOCK_V=256, num_warps=4, **vertices))
+                        for vertices in ({}, {"n_vertices": 1})]
             for kernel, constants in configs:
                 key = (kernel, dtype, tuple(sorted(constants.items())))
                 launches.setdefault(key, (height, width, n_markers))
@@ -75,6 +94,7 @@ def compile_all() -> list[dict]:
         signature = {
             name: "constexpr" if name in constants
             else "*i32" if name in ("index_ptr", "flaws_ptr", "bad_index_ptr")
+            or (name == "saved_ptr" and constants.get("COMPOSITE") == 0)  # a stroke winner map
             else f"*{scalar}" if name.endswith("_ptr")
             else "i32"
             for name in kernel.arg_names
@@ -90,7 +110,7 @@ def compile_all() -> list[dict]:
             usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
             found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
             reports.append(
-                dict(kernel=kernel.__name__, composite=COMPOSITES[constants.get("COMPOSITE", 0)], shape=shape,
+                dict(module=kernel.__module__, kernel=kernel.__name__, composite=COMPOSITES[constants.get("COMPOSITE", 0)], shape=shape,
                      arch=arch, dtype=scalar,
                      registers=int(found[1]), stack=int(found[2]), local=int(found[3]))
             )  # fmt: skip
@@ -103,8 +123,13 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path):
     child = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert child.returncode == 0, child.stderr[-4000:]
     reports = json.loads(child.stdout)
-    assert {r["kernel"] for r in reports} == {"_forward_kernel", "_backward_kernel", "_sum_partials_kernel",
-                                              "_soft_forward_kernel", "_soft_backward_kernel"}
+    assert {(r["module"], r["kernel"]) for r in reports} == {
+        *(("splatkern.triton_kernels", name) for name in ("_forward_kernel", "_backward_kernel",
+                                                          "_sum_partials_kernel", "_soft_forward_kernel",
+                                                          "_soft_backward_kernel")),
+        *(("splatkern.triton_strokes", name) for name in ("_forward_kernel", "_backward_kernel",
+                                                          "_sum_partials_kernel")),
+    }
     spilling = [r for r in reports if r["stack"] or r["local"]]
     assert not spilling, spilling
 
