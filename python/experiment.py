@@ -37,8 +37,7 @@ def run(name: str, model: ModelConfig, dataset: str, epochs: int, article: dict,
     report = evaluate.evaluate(trained.model, train_set, test_set, k=k, seed=args.seed, scaling=args.scaling)
     evaluate.write_report(report, args.out)
     _, _, animation = train.load_trained(trained.checkpoint)
-    pictures.write_all(trained.model.cpu(), test_set.images[:16], animation, args.out,
-                       connected=model.model == "gesture")
+    pictures.write_all(trained.model.cpu(), test_set.images[:16], animation, args.out)
     last = trained.history[-1]
     print(f"\n{name}, {last['epoch']} epochs, seed {args.seed}, init {args.init}")
     print(f"train pixel accuracy {last['train_accuracy']:.4f} (article {article.get('train_accuracy', '-')}), "

@@ -15,7 +15,7 @@ import torch
 # commands import it when they run (train imports tqdm only while training).
 from splatkern import data, evaluate, train
 from splatkern.facts import COMPOSITES
-from splatkern.models import INITS, MODELS, ModelConfig
+from splatkern.models import INITS, MODELS, PRIMITIVES, ModelConfig
 from splatkern.models.encoders import ENCODERS
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
@@ -72,13 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("train", parents=[run_flags(TRAIN_OUT), data_flags], help="train an autoencoder")
     fit.add_argument("--model", choices=MODELS)
     fit.add_argument("--encoder", choices=tuple(ENCODERS))
-    fit.add_argument("--points", type=int, help="markers per image (default 25 gesture, 10 static)")
+    fit.add_argument("--points", type=int, help="markers per image, per stroke for gesture (default 25 gesture, 10 static)")
     fit.add_argument("--step-size", type=float, help="gesture: largest step per marker, in pixels (default 3)")
     fit.add_argument("--init", choices=INITS, help="sweep (stable, default), default (PyTorch), glorot (the article's)")
     fit.add_argument("--backend", help="splat_render backend (default auto)")
     fit.add_argument("--composite", choices=COMPOSITES,
                      help="how the markers are composited per pixel (default max, the article's)")
     fit.add_argument("--temperature", type=float, help="smoothmax's softmax temperature (default 1)")
+    fit.add_argument("--primitive", choices=PRIMITIVES,
+                     help="gesture: draw the markers as dots (default, the article's) or as continuous strokes")
+    fit.add_argument("--strokes", type=int, help="gesture: pen strokes per image, each with its own start (default 1)")
     fit.add_argument("--dataset", choices=data.DATASETS, help="default digits (scikit-learn's, no files needed)")
     fit.add_argument("--train-limit", type=int, help="use the first N training images")
     fit.add_argument("--epochs", type=int, help="default 50")
@@ -96,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     judge.set_defaults(run=_eval, command="eval", needs=TRAIN_EXTRA)
 
     draw = commands.add_parser("render", parents=[run_flags(TRAIN_OUT), data_flags], help="pictures of a run")
+    draw.add_argument("--resolution", type=int, default=112, help="size of the redrawn reconstructions (default 112)")
+    draw.add_argument("--primitive", choices=PRIMITIVES,
+                      help="redraw as dots or strokes (default: as the model draws; strokes need the gesture model)")
     draw.set_defaults(run=_render, command="render", needs=TRAIN_EXTRA)
 
     demo = commands.add_parser("demo", parents=[run_flags(DEMO_OUT)], help="train the gesture model on the built-in digits, "
@@ -174,8 +180,8 @@ def _render(args: argparse.Namespace) -> int:
 
     run_dir, model, config, animation = _load_run(args)
     test_set = _dataset(args, config, "test", PICTURE_SAMPLES)
-    connected = config.model.model == "gesture"  # the gesture model's markers form one stroke
-    for path in pictures.write_all(model, test_set.images, animation, run_dir, connected=connected):
+    redraw = dict(resolution=getattr(args, "resolution", pictures.HIGH_RES), primitive=getattr(args, "primitive", None))
+    for path in pictures.write_all(model, test_set.images, animation, run_dir, **redraw):
         print(f"wrote {path}")
     return 0
 

@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from splatkern.models import Autoencoder, Commands, draw
+from splatkern.models import Autoencoder, Commands
 from splatkern.models.markers import sigma_pixels
 
 GRID_PNG = "reconstructions.png"
 STROKES_PNG = "strokes.png"
 ANIMATION_GIF = "training.gif"
-HIGH_RES_PNG = "reconstructions_112.png"
-HIGH_RES = 112
+HIGH_RES = 112  # the default size of the redrawn reconstructions, reconstructions_<size>.png
 CAPTION_HEIGHT = 14  # pixels above each animation frame for its step number
 
 
@@ -58,10 +57,10 @@ def comparison_grid(inputs: torch.Tensor, outputs: torch.Tensor, path: str | os.
     return Path(path)
 
 
-def stroke_tracks(images: torch.Tensor, commands: Commands, path: str | os.PathLike, *, connected: bool = True,
-                  columns: int = 8, inches_per_image: float = 1.5, dpi: int = 100) -> Path:
-    """The commands drawn as pen strokes over faint inputs: a line through the marker positions
-    (``connected``: the gesture model's stroke), marker size as line width (one sigma), intensity as colour."""
+def stroke_tracks(images: torch.Tensor, commands: Commands, path: str | os.PathLike, *, columns: int = 8,
+                  inches_per_image: float = 1.5, dpi: int = 100) -> Path:
+    """The commands drawn as pen strokes over faint inputs: a line through each stroke's marker positions
+    (commands in order, the gesture model's), marker size as line width (one sigma), intensity as colour."""
     import matplotlib  # noqa: PLC0415 - matplotlib is an optional dependency
 
     matplotlib.use("Agg")
@@ -77,16 +76,18 @@ def stroke_tracks(images: torch.Tensor, commands: Commands, path: str | os.PathL
     positions = (commands.positions * resolution).detach().cpu().numpy()
     widths = sigma_pixels(commands.sizes, resolution).detach().cpu().numpy() * points_per_pixel
     colours = plt.get_cmap("plasma")(commands.intensities.detach().clamp(0, 1).cpu().numpy())
+    # each stroke's marker indices (a pen lift between strokes); none for unordered markers
+    strokes = [] if commands.strokes is None else np.split(np.arange(positions.shape[1]), commands.strokes)
     for n, axis in enumerate(axes.flat):
         axis.set_axis_off()
         if n >= count:
             continue
         edges = (-0.5, resolution - 0.5, resolution - 0.5, -0.5)  # pixel centres at integers, as splat_render
         axis.imshow(images[n].cpu().numpy(), cmap="gray_r", vmin=0, vmax=2, extent=edges)
-        if connected:
-            segments = np.stack((positions[n, :-1], positions[n, 1:]), axis=1)
-            axis.add_collection(
-                LineCollection(segments, linewidths=widths[n, :-1], colors=colours[n, :-1], capstyle="round"))
+        for stroke in strokes:
+            segments = np.stack((positions[n, stroke[:-1]], positions[n, stroke[1:]]), axis=1)
+            axis.add_collection(LineCollection(segments, linewidths=widths[n, stroke[:-1]],
+                                               colors=colours[n, stroke[:-1]], capstyle="round"))
         axis.scatter(positions[n, :, 0], positions[n, :, 1], s=(widths[n] ** 2), c=colours[n], edgecolors="none")
         axis.set_xlim(-0.5, resolution - 0.5)
         axis.set_ylim(resolution - 0.5, -0.5)
@@ -115,20 +116,23 @@ def training_animation(frames: torch.Tensor, steps: list[int], path: str | os.Pa
 
 
 @torch.no_grad()
-def write_all(model: Autoencoder, images: torch.Tensor, animation: dict, out_dir: str | os.PathLike,
-              *, connected: bool) -> list[Path]:
-    """Every picture for ``images`` (a few test images) into ``out_dir``; returns the paths written."""
+def write_all(model: Autoencoder, images: torch.Tensor, animation: dict, out_dir: str | os.PathLike, *,
+              resolution: int = HIGH_RES, primitive: str | None = None) -> list[Path]:
+    """Every picture for ``images`` (a few test images) into ``out_dir``; returns the paths written.
+
+    The reconstructions are also redrawn at ``resolution`` pixels, as ``primitive`` (None: as the model
+    draws them; "stroke" draws a gesture model trained on points as continuous strokes)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     outputs, commands = model(images.to(device))
     paths = [
         comparison_grid(images, outputs, out / GRID_PNG),
-        stroke_tracks(images, commands, out / STROKES_PNG, connected=connected),
+        stroke_tracks(images, commands, out / STROKES_PNG),
     ]
-    upscaled = F.interpolate(images[:, None], size=(HIGH_RES, HIGH_RES), mode="nearest")[:, 0]
-    redrawn = draw(commands, HIGH_RES, model.backend, model.composite, model.temperature)
-    paths.append(comparison_grid(upscaled, redrawn, out / HIGH_RES_PNG, scale=1))
+    upscaled = F.interpolate(images[:, None], size=(resolution, resolution), mode="nearest")[:, 0]
+    redrawn = model.draw(commands, resolution, primitive)
+    paths.append(comparison_grid(upscaled, redrawn, out / f"reconstructions_{resolution}.png", scale=1))
     if len(animation["frames"]):
         paths.append(training_animation(animation["frames"], animation["steps"], out / ANIMATION_GIF))
     return paths

@@ -53,6 +53,30 @@ def test_render_writes_pictures_of_the_promised_sizes(run_dir):
     assert size == (8 * 28 * 3, 28 * 3 + 14) and frames == 1 + 8
 
 
+def test_a_multi_stroke_run_trains_evaluates_and_redraws_as_lines(tmp_path):
+    out = tmp_path / "strokes"
+    assert cli.main(["train", "--dataset", "digits", "--train-limit", "32", "--test-limit", "16", "--epochs", "1",
+                     "--primitive", "stroke", "--strokes", "2", "--points", "5", "--device", "cpu", "--out", str(out),
+                     "--no-progress"]) == 0
+    model, config, _ = train.load_trained(out / "checkpoint.pt")
+    assert (config.model.primitive, config.model.strokes, model.primitive) == ("stroke", 2, "stroke")
+    assert cli.main(["eval", "--out", str(out), "--k", "3", "--probe-train-limit", "32"]) == 0
+    assert "| commands | 34 |" in (out / "evaluation.md").read_text()  # 2 x 5 x (vx, vy, intensity) + 2 starts
+    assert cli.main(["render", "--out", str(out), "--resolution", "56"]) == 0
+    assert _sizes(out / "reconstructions_56.png") == ((8 * 56, 4 * 56), 1)
+
+
+def test_render_redraws_a_points_run_as_strokes(run_dir):
+    assert cli.main(["render", "--out", str(run_dir), "--primitive", "stroke", "--resolution", "84"]) == 0
+    assert _sizes(run_dir / "reconstructions_84.png") == ((8 * 84, 4 * 84), 1)
+
+
+def test_strokes_of_the_static_model_are_a_clear_error(tmp_path, capsys):
+    code = cli.main(["train", "--model", "static", "--primitive", "stroke", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "need the gesture model" in capsys.readouterr().err
+
+
 def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--epochs", "1", "--device", "cpu", "--out", str(out), "--probe-train-limit", "200"]) == 0

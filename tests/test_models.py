@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from splatkern import data
+from splatkern import data, stroke_render
 from splatkern.models import Commands, GestureDecoder, ModelConfig, build_model, draw
 from splatkern.models.gesture import START, SWEEP_END_X
-from splatkern.models.markers import VAR_FLOOR, VARCOEF
+from splatkern.models.markers import VAR_FLOOR, VARCOEF, sigma_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -110,3 +110,76 @@ def test_the_model_draws_with_its_composite(digits, composite):
 def test_bad_composite_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         build_model(ModelConfig(**settings))
+
+
+def test_the_stroke_primitive_draws_each_stroke_as_one_polyline(digits):
+    """--primitive stroke: the model's image is stroke_render of its markers as one stroke's vertices (vertex
+    sigmas and amps from the markers' sizes and intensities); unlike points, the line has no gaps."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(primitive="stroke", points=6, step_size=5.0))
+    images, commands = model(digits[:3])
+    positions, sizes, intensities = commands.as_strokes()
+    assert positions.shape == (3, 1, 6, 2) and sizes.shape == intensities.shape == (3, 1, 6)
+    expected = stroke_render(positions * 28, sigma_pixels(sizes, 28), intensities, height=28, width=28)
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    dots = draw(commands, 28)  # the same commands as points
+    assert (images >= dots - 1e-6).all() and (images - dots).amax() > 0.1  # the line fills between the dots
+    images.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_multi_stroke_gestures_lift_the_pen_between_strokes(digits):
+    """--strokes K: K strokes of `points` markers, each from its own learned start point; drawing them is
+    the max of drawing each stroke alone (no segment joins one stroke's end to the next one's start)."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(primitive="stroke", strokes=3, points=5, init="default"))
+    images, commands = model(digits[:4])
+    assert commands.positions.shape == (4, 15, 2) and commands.features.shape == (4, 15 * 3 + 3 * 2)
+    positions, sizes, intensities = commands.as_strokes()
+    starts = torch.sigmoid(model.decoder.start_head(model.encoder(digits[:4]))).view(4, 3, 2)
+    torch.testing.assert_close(positions[:, :, 0], starts)
+    alone = [draw(Commands(positions[:, k], sizes[:, k], intensities[:, k], commands.features, strokes=1), 28,
+                  primitive="stroke") for k in range(3)]
+    torch.testing.assert_close(images, torch.stack(alone).amax(dim=0), rtol=0, atol=0)
+    images.sum().backward()
+    assert model.decoder.start_head.weight.grad.abs().sum() > 0  # the start points are learned
+
+
+def test_sweep_init_of_k_strokes_draws_k_parallel_lines(digits):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        _, commands = build_model(ModelConfig(strokes=3, points=12))(digits)
+    positions = commands.as_strokes()[0]
+    xs, ys = positions[..., 0], positions[..., 1]
+    heights = torch.tensor([1 / 6, 3 / 6, 5 / 6])[None, :, None]
+    assert torch.allclose(ys, heights.expand_as(ys), atol=0.05)
+    assert torch.allclose(xs[:, :, 0], torch.full_like(xs[:, :, 0], START[0]), atol=0.05)
+    assert torch.allclose(xs[:, :, -1], torch.full_like(xs[:, :, -1], SWEEP_END_X), atol=0.05)
+
+
+def test_strokes_redraw_as_lines_at_any_resolution(digits):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(primitive="stroke", strokes=2, points=7))
+    with torch.no_grad():
+        commands = model.commands(digits)
+        small, large = model.draw(commands, 28), model.draw(commands, 112)
+    torch.testing.assert_close(large[:, ::4, ::4], small, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(primitive="spline"), "primitive must be one of"),
+    (dict(model="static", primitive="stroke"), "need the gesture model"),
+    (dict(model="static", strokes=2), "need the gesture model"),
+    (dict(strokes=0), "strokes must be at least 1"),
+])
+def test_bad_primitive_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelConfig(**settings))
+
+
+def test_unordered_markers_do_not_draw_as_strokes(digits):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        commands = build_model(ModelConfig(model="static")).commands(digits)
+    with pytest.raises(ValueError, match="unordered markers"):
+        draw(commands, 28, primitive="stroke")
