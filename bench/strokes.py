@@ -2,8 +2,9 @@
 torch.compile of the reference, at the gesture model's size (one stroke of 25 vertices, 28x28) and
 a sketch size (16 strokes of 8 vertices, 128x128); segment-pixel pairs per second, the share of
 pairs outside every segment's culling box, the kernel's time with culling off
-(SPLATKERN_CPU_SUPPORTS=0) and each implementation's peak memory. Each measurement runs in its own
-process (the setting is read once per process; peak memory is the process's).
+(SPLATKERN_CPU_SUPPORTS=0) and the memory each implementation's calls take: the process's peak
+RSS above its RSS once the inputs exist. Each measurement runs in its own process (the culling
+setting is read once per process; peak RSS is the process's).
 
     python bench/strokes.py [--out DIR] [--quick]
 
@@ -15,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,9 +26,8 @@ if __package__ in (None, ""):  # run as `python bench/strokes.py`: make `bench` 
 
 import torch  # noqa: E402
 
-from bench import results_folder_name  # noqa: E402
 from bench.harness import time_calls  # noqa: E402
-from bench.run import device_name, git_commit  # noqa: E402
+from bench.study import cpu_meta, describe, run_child, write_results  # noqa: E402
 from splatkern import stroke_render, stroke_render_reference  # noqa: E402
 from splatkern.facts import FLUSH_EXPONENT  # noqa: E402
 
@@ -39,7 +37,7 @@ QUICK_CASES = (("gesture", 16, 1, 25, 28, 1.5, (0.7, 2.0)), ("sketch", 2, 4, 8, 
 IMPLEMENTATIONS = ("cpu", "cpu, no culling", "reference", "compiled reference")
 
 
-def make_strokes(batch, strokes, vertices, size, step, sigma_range):
+def pen_paths(batch, strokes, vertices, size, step, sigma_range):
     """Random walks from a point over the canvas: a pen's path."""
     gen = torch.Generator().manual_seed(0)
     start = torch.rand(batch, strokes, 1, 2, generator=gen) * size
@@ -61,7 +59,7 @@ def culled_share(paths, sigmas, size) -> float:
 
 def measure(implementation: str, case: tuple) -> dict:
     label, batch, strokes, vertices, size, step, sigma_range = case
-    paths, sigmas, amps = (t.requires_grad_() for t in make_strokes(batch, strokes, vertices, size, step, sigma_range))
+    paths, sigmas, amps = (t.requires_grad_() for t in pen_paths(batch, strokes, vertices, size, step, sigma_range))
     upstream = torch.randn(batch, size, size, generator=torch.Generator().manual_seed(1))
     if implementation.startswith("cpu"):
         def render():
@@ -77,15 +75,21 @@ def measure(implementation: str, case: tuple) -> dict:
     def step_call():
         render().backward(upstream)
 
+    inputs_rss = current_rss_kib()
     step_call()  # warm-up (compiles)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     slow = implementation.endswith("reference")
     timing = time_calls(step_call, torch.device("cpu"), min_sample_s=0.0 if slow else 0.05, samples=3 if slow else 9,
                         max_total_s=60.0)
     pairs = batch * strokes * max(vertices - 1, 1) * size * size
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"median_s": timing.median_s, "pairs_per_s": pairs / timing.median_s,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_timing_mib": rss_before / 1024, "culled": culled_share(paths.detach(), sigmas.detach(), size)}
+            "work_memory_mib": max(peak_rss - inputs_rss, 0) / 1024, "peak_rss_mib": peak_rss / 1024,
+            "culled": culled_share(paths.detach(), sigmas.detach(), size)}
+
+
+def current_rss_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() // 1024
 
 
 def main() -> None:
@@ -102,34 +106,27 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for case in cases:
         for implementation in IMPLEMENTATIONS:
-            env = {**os.environ, "SPLATKERN_CPU_SUPPORTS": "0" if implementation == "cpu, no culling" else "1"}
-            command = [sys.executable, __file__, "--child", implementation, case[0], *(["--quick"] if args.quick else [])]
-            child = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-            results.setdefault(case[0], {})[implementation] = json.loads(child.stdout)
-    commit, dirty = git_commit()
-    cpu = device_name(torch.device("cpu"))
-    meta = {"device_name": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "git_commit": commit,
-            "git_dirty": dirty, "quick": args.quick}
-    lines = [f"# stroke_render, CPU forward+backward — {cpu}", "",
-             f"torch {meta['torch']}, {meta['threads']} threads, splatkern at {commit}"
-             f"{' (uncommitted changes)' if dirty else ''}. float32, composite max, median time per call;",
-             "peak memory is the measuring process's peak RSS (inputs and torch included).", "",
-             "| case | implementation | ms | pairs/s | vs reference | vs compiled | peak RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+            culling = {"SPLATKERN_CPU_SUPPORTS": "0" if implementation == "cpu, no culling" else "1"}
+            arguments = [implementation, case[0], *(["--quick"] if args.quick else [])]
+            results.setdefault(case[0], {})[implementation] = run_child(__file__, arguments, culling)
+    meta = {**cpu_meta(), "quick": args.quick}
+    lines = [f"# stroke_render, CPU forward+backward — {meta['device_name']}", "",
+             f"{describe(meta)} float32, composite max, median time per call; memory: the process's peak RSS",
+             "above its RSS once the inputs exist (compilation included for the compiled reference).", "",
+             "| case | implementation | ms | pairs/s | vs reference | vs compiled | memory MiB | memory vs reference |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for label, batch, strokes, vertices, size, _, (lo, hi) in cases:
         row = results[label]
         name = f"{label}: B={batch} S={strokes} P={vertices} {size}x{size}, sigma {lo}-{hi}"
         for implementation in IMPLEMENTATIONS:
             r = row[implementation]
+            memory_share = r["work_memory_mib"] / max(row["reference"]["work_memory_mib"], 1e-9)
             lines.append(f"| {name} | {implementation} | {r['median_s'] * 1e3:.2f} | {r['pairs_per_s']:.3g} | "
                          f"{row['reference']['median_s'] / r['median_s']:.1f}x | "
-                         f"{row['compiled reference']['median_s'] / r['median_s']:.1f}x | {r['peak_rss_mib']:.0f} |")
-        lines.append(f"| {name} | pairs outside every segment's box | {row['cpu']['culled']:.0%} | | | | |")
-    out = args.out or REPO / "bench" / "results" / results_folder_name(f"cpu {cpu}") / "strokes"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "cases": results}, indent=2) + "\n")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                         f"{row['compiled reference']['median_s'] / r['median_s']:.1f}x | "
+                         f"{r['work_memory_mib']:.1f} | {memory_share:.3f} |")
+        lines.append(f"| {name} | pairs outside every segment's box | {row['cpu']['culled']:.0%} | | | | | |")
+    write_results(args.out, "strokes", meta, {"cases": results}, lines)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,9 +21,8 @@ if __package__ in (None, ""):  # run as `python bench/tile_skipping.py`: make `b
 
 import torch  # noqa: E402
 
-from bench import results_folder_name  # noqa: E402
 from bench.harness import time_calls  # noqa: E402
-from bench.run import device_name, git_commit  # noqa: E402
+from bench.study import cpu_meta, describe, run_child, write_results  # noqa: E402
 from splatkern import splat_render  # noqa: E402
 from splatkern.testing import SOFT_COMPOSITES  # noqa: E402
 
@@ -63,18 +60,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure_here()))
         return
-    times = {}
-    for name, value in SETTINGS.items():
-        env = {**os.environ, "SPLATKERN_CPU_SUPPORTS": value}
-        child = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
-        times[name] = json.loads(child.stdout)
-    commit, dirty = git_commit()
-    cpu = device_name(torch.device("cpu"))
-    meta = {"device_name": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "git_commit": commit,
-            "git_dirty": dirty}
-    lines = [f"# Support skipping of the soft composites, CPU forward+backward — {cpu}", "",
-             f"torch {meta['torch']}, {meta['threads']} threads, splatkern at {commit}{' (uncommitted changes)' if dirty else ''}.",
-             "float32, median time per call; markers uniform over the canvas.", "",
+    times = {name: run_child(__file__, [], {"SPLATKERN_CPU_SUPPORTS": value}) for name, value in SETTINGS.items()}
+    meta = cpu_meta()
+    lines = [f"# Support skipping of the soft composites, CPU forward+backward — {meta['device_name']}", "",
+             describe(meta), "float32, median time per call; markers uniform over the canvas.", "",
              "| case | composite | supports ms | every pixel ms | saved |", "|---|---|---:|---:|---:|"]
     for label, batch, markers, size, (lo, hi) in CASES:
         for composite in SOFT_COMPOSITES:
@@ -82,11 +71,7 @@ def main() -> None:
             with_, without = times["supports"][key], times["every pixel"][key]
             lines.append(f"| B={batch} N={markers} {size}x{size}, sigma {lo}-{hi} px | {composite} | "
                          f"{with_ * 1e3:.2f} | {without * 1e3:.2f} | {1 - with_ / without:.0%} |")
-    out = args.out or REPO / "bench" / "results" / results_folder_name(f"cpu {cpu}") / "tile_skipping"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "seconds": times}, indent=2) + "\n")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "tile_skipping", meta, {"seconds": times}, lines)
 
 
 if __name__ == "__main__":

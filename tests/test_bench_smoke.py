@@ -123,3 +123,23 @@ def test_triton_sweep_times_and_checks_each_candidate(monkeypatch, tmp_path):
     (tmp_path / "triton_sweep.json").write_text(json.dumps(results))
     assert triton_sweep.main(["--report", str(tmp_path)]) == 0
     assert (tmp_path / "triton_sweep.md").read_text() == table
+
+
+def test_the_stroke_study_writes_every_case_and_implementation(tmp_path):
+    """bench/strokes.py --quick runs end to end in child processes and writes complete results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    completed = subprocess.run([sys.executable, "bench/strokes.py", "--quick", "--out", str(tmp_path)], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    from bench.strokes import IMPLEMENTATIONS, QUICK_CASES  # noqa: PLC0415 - bench is importable from the repo
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["meta"]["quick"] is True and results["meta"]["torch"] == torch.__version__
+    assert set(results["cases"]) == {case[0] for case in QUICK_CASES}
+    for implementations in results["cases"].values():
+        assert set(implementations) == set(IMPLEMENTATIONS)
+        for measured in implementations.values():
+            assert measured["median_s"] > 0 and measured["work_memory_mib"] >= 0
+            assert 0 <= measured["culled"] < 1
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| gesture: B=16 S=1 P=25") == len(IMPLEMENTATIONS) + 1  # + the culled share
