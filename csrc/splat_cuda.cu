@@ -1,11 +1,11 @@
 // The CUDA backend of splat_forward / splat_backward: checks, allocations and the launches of the
 // kernels in splat_cuda_kernels.cuh on the current stream of the inputs' device.
 #include "splat.h"
+#include "splat_cuda_host.h"
 #include "splat_cuda_kernels.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -15,40 +15,13 @@
 namespace splatkern {
 namespace {
 
+using cuda_host::flag_word;
+using cuda_host::stream_is_capturing;
 using kernels::kTerms;
 using kernels::Terms;
 
-// The value checks' flag word is read back (one host sync) and raised on, except while the stream
-// is being captured into a CUDA graph, where a sync is illegal: captured calls skip the check.
-bool stream_is_capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-}
-
-// The int32 word a kernel ORs its value-check flags into. A captured call never reads it, so it
-// is left uninitialised there: one fill kernel fewer per graph replay.
-at::Tensor flag_word(const at::Tensor& like, bool capturing) {
-  const auto options = like.options().dtype(at::kInt);
-  return capturing ? at::empty({1}, options) : at::zeros({1}, options);
-}
-
-// Grids are one-dimensional (blockIdx.x = image * tiles_per_image + tile) so the batch is not
-// limited by gridDim.y/z (65535).
-int64_t checked_grid(int64_t blocks, const char* what) {
-  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
-                    message("splat_render: ", what, " needs more CUDA blocks (", blocks,
-                            ") than one launch allows; split the batch"));
-  return blocks;
-}
-
-// Launches `kernel` on `stream`, as splat_cuda_kernels.cuh's launch_* functions ask.
-auto launcher(cudaStream_t stream) {
-  return [stream](const char* what, auto kernel, int64_t blocks, dim3 threads, auto... args) {
-    kernel<<<checked_grid(blocks, what), threads, 0, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-}
+// Launches on `stream` in splat_render's words.
+auto launcher(cudaStream_t stream) { return cuda_host::launcher(stream, "splat_render"); }
 
 // splat_forward_cuda for the soft composites, after its checks: the image, and the per-pixel state
 // [B, kSoftStatePlanes, H, W] their backward reads (csrc/splat.cpp), all zeros where N = 0.

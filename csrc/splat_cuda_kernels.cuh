@@ -87,6 +87,14 @@ __device__ __forceinline__ void report_flaws(scalar_t mx, scalar_t my, scalar_t 
   if (found) atomicOr(flaws, found);
 }
 
+// ORs kAmpsOutsideUnit into *flaws where kComposite needs amps in [0, 1] and `amp` lies outside.
+template <Composite kComposite, typename scalar_t>
+__device__ __forceinline__ void report_unit_amp(scalar_t amp, int32_t* flaws) {
+  if constexpr (kCompositeNeedsUnitAmps[kComposite]) {
+    if (amp < scalar_t(0) || amp > scalar_t(1)) atomicOr(flaws, int32_t(kAmpsOutsideUnit));
+  }
+}
+
 // (best, winner) = (value, n) where value > best: strict, over markers in increasing order, so the
 // lowest index wins ties. Generic form: the compiler makes a compare and two selects of it.
 template <typename scalar_t>
@@ -535,6 +543,57 @@ __device__ __forceinline__ scalar_t soft_finish(SoftState<scalar_t>& s, int skip
   }
 }
 
+// Writes a pixel's final state and image value `out` where its backward reads them: plane 0 at
+// saved[0], plane 1 at saved[plane] (csrc/splat.cpp): softor/over (Q, Z), smoothmax (L, out).
+template <Composite kComposite, typename scalar_t>
+__device__ __forceinline__ void store_soft_state(const SoftState<scalar_t>& s, scalar_t out, scalar_t inv_t,
+                                                 scalar_t* saved, int64_t plane) {
+  if constexpr (kComposite == kSmoothmax) {
+    saved[0] = s.a + log(s.b) / inv_t;  // L = M + t log S, with the weights' own t = 1 / inv_t
+    saved[plane] = out;
+  } else {
+    saved[0] = s.a;      // Q
+    saved[plane] = s.c;  // Z
+  }
+}
+
+// A pixel's saved state as the soft backwards read it, with g (its upstream gradient) folded in:
+// softor/over (g Q, -, Z); smoothmax (L, g, out). A pixel past the image (not `inside`) takes g = 0
+// and, for smoothmax, L = +inf: its v may exceed a finite L by enough for w to overflow, and 0 * inf
+// would be NaN.
+template <bool kSmooth, typename scalar_t>
+__device__ __forceinline__ SoftState<scalar_t> soft_backward_state(bool inside, const scalar_t* grad_image,
+                                                                   const scalar_t* saved, int64_t plane) {
+  const scalar_t g = inside ? grad_image[0] : scalar_t(0);
+  const scalar_t first = inside ? saved[0] : (kSmooth ? std::numeric_limits<scalar_t>::infinity() : scalar_t(0));
+  const scalar_t second = inside ? saved[plane] : scalar_t(0);
+  if constexpr (kSmooth) {
+    return {first, g, second};
+  } else {
+    return {g * first, scalar_t(0), second};
+  }
+}
+
+// g d out / d v for a value v = row * col (formed as soft_add forms it, 1 - v too: soft_factor) from
+// its pixel's soft_backward_state s:
+//   softor/over: d out / d v = Q / (1 - v) if Z = 0; Q if Z = 1 and 1 - v = 0; else 0.
+//   smoothmax:   d out / d v = w (1 + (v - out) / t), w = exp((v - L) / t).
+// Q / (1 - v) then divides out the very factor the forward multiplied in, and L >= v, so that w <= 1
+// (up to rounding) and never overflows.
+template <bool kSmooth, typename scalar_t>
+__device__ __forceinline__ scalar_t soft_gradient(const SoftState<scalar_t>& s, scalar_t row, scalar_t col,
+                                                  scalar_t inv_t) {
+  if constexpr (kSmooth) {
+    const scalar_t v = row * col;
+    const scalar_t w = exp_neg((s.a - v) * inv_t) * s.b;
+    return w * (scalar_t(1) + (v - s.c) * inv_t);
+  } else {
+    const scalar_t factor = soft_factor(row, col);
+    const bool zero = factor == scalar_t(0);
+    return s.c == scalar_t(0) ? s.a / (zero ? scalar_t(1) : factor) : (s.c == scalar_t(1) && zero ? s.a : scalar_t(0));
+  }
+}
+
 // A marker block's parameters and factor tables for one tile. live[m] bit w: marker m's value may be
 // nonzero on warp w's pixels (some factor of the warp's rows and some of the tile's columns is).
 template <typename scalar_t, int kColumns>
@@ -615,9 +674,7 @@ __global__ void __launch_bounds__(kForwardThreads)
       const scalar_t mx = means[2 * n], my = means[2 * n + 1], sigma = sigmas[n], amp = amps[n];
       if (tile == 0) {
         report_flaws(mx, my, sigma, amp, flaws);
-        if constexpr (kCompositeNeedsUnitAmps[kComposite]) {
-          if (amp < scalar_t(0) || amp > scalar_t(1)) atomicOr(flaws, int32_t(kAmpsOutsideUnit));
-        }
+        report_unit_amp<kComposite>(amp, flaws);
       }
       t.markers[thread] = make_marker(mx, my, sigma, amp);
     }
@@ -653,17 +710,10 @@ __global__ void __launch_bounds__(kForwardThreads)
     for (int c = 0; c < kColumns; ++c) {
       const int x = x0 + lane + kWarpSize * c;
       const scalar_t out = soft_finish<kComposite>(state[r][c], skipped, inv_t);
-      const SoftState<scalar_t>& s = state[r][c];
       if (x < width && y < height) {
         const int64_t pixel = int64_t(y) * width + x;
         image[pixel] = out;
-        if constexpr (kComposite == kSmoothmax) {
-          saved[pixel] = s.a + log(s.b) / inv_t;  // L = M + t log S, with the weights' own t = 1 / inv_t
-          saved[pixels + pixel] = out;
-        } else {
-          saved[pixel] = s.a;           // Q
-          saved[pixels + pixel] = s.c;  // Z
-        }
+        store_soft_state<kComposite>(state[r][c], out, inv_t, saved + pixel, pixels);
       }
     }
   }
@@ -690,12 +740,8 @@ __device__ __forceinline__ scalar_t warp_sum_terms(const Terms<scalar_t>& terms,
 
 // The backward of softor and over (kSmooth = false; their derivatives are equal) or smoothmax, for
 // one tile of one image per block (layout and barriers as forward_soft_kernel), from the state the
-// forward saved (see the section's top). Per pixel, with g its upstream gradient:
-//   softor/over: d out / d v_n = Q / (1 - v_n) if Z = 0; Q if Z = 1 and 1 - v_n = 0; else 0.
-//   smoothmax:   d out / d v_n = w_n (1 + (v_n - out) / t), w_n = exp((v_n - L) / t).
-// v_n is formed as the forward formed it, row * (amp * col) (soft_add), and 1 - v_n to the same bits
-// (soft_factor): Q / (1 - v_n) then divides out the very factor the forward multiplied in, and
-// L >= v_n, so that w_n <= 1 (up to rounding) and never overflows.
+// forward saved (see the section's top). Per pixel, g d out / d v_n is soft_gradient's, with v_n
+// formed as the forward formed it, row * (amp * col).
 // Marker n's terms at a pixel, h = g (d out / d v_n) e_n: (h, h dx, h dy, h (dx^2 + dy^2)); the last
 // three are multiplied by amp once per marker and block, and add_gradients applies 1/s^2, 1/s^3.
 template <typename scalar_t, int kColumns, bool kSmooth, bool kDeterministic>
@@ -716,9 +762,7 @@ __global__ void __launch_bounds__(kForwardThreads)
   sigmas += b * n_markers;
   amps += b * n_markers;
 
-  // The thread's pixels, read once for all markers, with g folded in: softor/over (g Q, -, Z);
-  // smoothmax (L, g, out). The tile's pixels past the image take g = 0 and, for smoothmax, L = +inf:
-  // their v may exceed a finite L by enough for w to overflow, and 0 * inf would be NaN.
+  // The thread's pixels, read once for all markers (soft_backward_state).
   const int64_t pixels = int64_t(height) * width;
   grad_image += b * pixels;
   saved += b * kSoftStatePlanes * pixels;
@@ -729,16 +773,9 @@ __global__ void __launch_bounds__(kForwardThreads)
 #pragma unroll
     for (int c = 0; c < kColumns; ++c) {
       const int x = x0 + lane + kWarpSize * c;
-      const int64_t pixel = int64_t(y) * width + x;
       const bool inside = x < width && y < height;
-      const scalar_t g = inside ? grad_image[pixel] : scalar_t(0);
-      const scalar_t first = inside ? saved[pixel] : (kSmooth ? std::numeric_limits<scalar_t>::infinity() : scalar_t(0));
-      const scalar_t second = inside ? saved[pixels + pixel] : scalar_t(0);
-      if constexpr (kSmooth) {
-        state[r][c] = {first, g, second};
-      } else {
-        state[r][c] = {g * first, scalar_t(0), second};
-      }
+      const int64_t pixel = inside ? int64_t(y) * width + x : 0;
+      state[r][c] = soft_backward_state<kSmooth>(inside, grad_image + pixel, saved + pixel, pixels);
     }
   }
 
@@ -772,19 +809,7 @@ __global__ void __launch_bounds__(kForwardThreads)
 #pragma unroll
         for (int c = 0; c < kColumns; ++c) {
           const scalar_t e = rows.of[r] * cols[c];
-          const SoftState<scalar_t>& s = state[r][c];
-          scalar_t g_d_out;  // g * d out / d v
-          if constexpr (kSmooth) {
-            const scalar_t v = rows.of[r] * scaled[c];
-            const scalar_t w = exp_neg((s.a - v) * inv_t) * s.b;
-            g_d_out = w * (scalar_t(1) + (v - s.c) * inv_t);
-          } else {
-            const scalar_t factor = soft_factor(rows.of[r], scaled[c]);
-            const bool zero = factor == scalar_t(0);
-            g_d_out = s.c == scalar_t(0) ? s.a / (zero ? scalar_t(1) : factor)
-                                         : (s.c == scalar_t(1) && zero ? s.a : scalar_t(0));
-          }
-          const scalar_t h = g_d_out * e;
+          const scalar_t h = soft_gradient<kSmooth>(state[r][c], rows.of[r], scaled[c], inv_t) * e;
           sum.of[0] += h;
           sum.of[1] += h * dx[c];
           sum.of[2] += h * dy;
