@@ -1,4 +1,4 @@
-// Runs the CUDA kernels of csrc/splat_cuda_kernels.cuh on the CPU, so that their indexing, warp
+// Runs the CUDA kernels of csrc/splat_cuda_kernels.cuh and csrc/stroke_cuda_kernels.cuh on the CPU, so that their indexing, warp
 // shuffles, barriers and atomics are tested where there is no GPU (tests/test_cuda_emulated.py
 // builds this file with the host C++ compiler and calls it through ctypes).
 //
@@ -233,6 +233,11 @@ T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
   return emulator::from_lane(value, emulator::linear_thread() % 32 - int(delta), "__shfl_up_sync");
 }
 template <typename T>
+T __shfl_sync(unsigned mask, T value, int source_lane) {
+  emulator::check_full(mask);
+  return emulator::from_lane(value, source_lane, "__shfl_sync");
+}
+template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   emulator::check_full(mask);
   return emulator::from_lane(value, (emulator::linear_thread() % 32) ^ lane_mask, "__shfl_xor_sync");
@@ -250,6 +255,7 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
 }
 
 #include "splat_cuda_kernels.cuh"
+#include "stroke_cuda_kernels.cuh"
 
 // --- the entry points ---------------------------------------------------------------------------
 
@@ -335,6 +341,40 @@ int soft_backward(int64_t deterministic, int64_t composite, double temperature, 
   }
 }
 
+// stroke_render's pair (composite: splatkern::Composite; S >= 1). The forward writes the image and
+// `index` (max) or the soft state `saved`; the backward takes the same and writes every gradient.
+template <typename scalar_t>
+int stroke_forward(int64_t composite, double temperature, const scalar_t* paths, const scalar_t* sigmas,
+                   const scalar_t* amps, int64_t batch, int64_t n_strokes, int64_t n_vertices, int64_t height,
+                   int64_t width, scalar_t* image, int32_t* index, scalar_t* saved, int32_t* flaws, char* message,
+                   int message_size) {
+  try {
+    launch_stroke_forward(emulated_launch, splatkern::Composite(composite), temperature, paths, sigmas, amps, batch,
+                          int(n_strokes), int(n_vertices), int(height), int(width), image, index, saved, flaws);
+    return 0;
+  } catch (const std::exception& error) {
+    return fail(error, message, message_size);
+  }
+}
+
+template <typename scalar_t>
+int stroke_backward(int64_t deterministic, int64_t composite, double temperature, const scalar_t* grad_image,
+                    const scalar_t* paths, const scalar_t* sigmas, const scalar_t* amps, const int32_t* index,
+                    const scalar_t* saved, int64_t batch, int64_t n_strokes, int64_t n_vertices, int64_t height,
+                    int64_t width, scalar_t* grad_paths, scalar_t* grad_sigmas, scalar_t* grad_amps,
+                    int32_t* bad_index, char* message, int message_size) {
+  try {
+    const int64_t n_segments = n_strokes * std::max<int64_t>(n_vertices - 1, 1);
+    std::vector<scalar_t> sums(stroke_sums_size<scalar_t>(deterministic != 0, batch, height, width, n_segments));
+    launch_stroke_backward(emulated_launch, splatkern::Composite(composite), temperature, deterministic != 0,
+                           grad_image, paths, sigmas, amps, index, saved, batch, int(n_strokes), int(n_vertices),
+                           int(height), int(width), sums.data(), grad_paths, grad_sigmas, grad_amps, bad_index);
+    return 0;
+  } catch (const std::exception& error) {
+    return fail(error, message, message_size);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -374,5 +414,27 @@ int soft_backward_double(int64_t det, int64_t c, double t, const double* g, cons
                          const double* a, const double* saved, int64_t b, int64_t n, int64_t h, int64_t w,
                          double* gm, double* gs, double* ga, char* message, int size) {
   return soft_backward(det, c, t, g, m, s, a, saved, b, n, h, w, gm, gs, ga, message, size);
+}
+int stroke_forward_float(int64_t c, double t, const float* p, const float* s, const float* a, int64_t b, int64_t n,
+                         int64_t v, int64_t h, int64_t w, float* image, int32_t* index, float* saved, int32_t* flaws,
+                         char* message, int size) {
+  return stroke_forward(c, t, p, s, a, b, n, v, h, w, image, index, saved, flaws, message, size);
+}
+int stroke_forward_double(int64_t c, double t, const double* p, const double* s, const double* a, int64_t b, int64_t n,
+                          int64_t v, int64_t h, int64_t w, double* image, int32_t* index, double* saved,
+                          int32_t* flaws, char* message, int size) {
+  return stroke_forward(c, t, p, s, a, b, n, v, h, w, image, index, saved, flaws, message, size);
+}
+int stroke_backward_float(int64_t det, int64_t c, double t, const float* g, const float* p, const float* s,
+                          const float* a, const int32_t* index, const float* saved, int64_t b, int64_t n, int64_t v,
+                          int64_t h, int64_t w, float* gp, float* gs, float* ga, int32_t* bad, char* message,
+                          int size) {
+  return stroke_backward(det, c, t, g, p, s, a, index, saved, b, n, v, h, w, gp, gs, ga, bad, message, size);
+}
+int stroke_backward_double(int64_t det, int64_t c, double t, const double* g, const double* p, const double* s,
+                           const double* a, const int32_t* index, const double* saved, int64_t b, int64_t n,
+                           int64_t v, int64_t h, int64_t w, double* gp, double* gs, double* ga, int32_t* bad,
+                           char* message, int size) {
+  return stroke_backward(det, c, t, g, p, s, a, index, saved, b, n, v, h, w, gp, gs, ga, bad, message, size);
 }
 }
