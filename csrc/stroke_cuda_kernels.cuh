@@ -127,7 +127,7 @@ struct StrokeLayout {
   }
 };
 
-// The tile of block `block`: its first column and row.
+// The calling block's image b and its tile's first column and row.
 struct StrokeTile {
   int64_t b;
   int x0, y0;
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kStrokeThreads, kStrokeMinBlocks)
   int stroke_segment = 0;
   scalar_t best = -std::numeric_limits<scalar_t>::infinity();  // kMax: the composite's best and winner
   int32_t winner = 0;
-  SoftState<scalar_t> state = soft_start<kComposite == kMax ? kSoftor : kComposite, scalar_t>();
+  SoftState<scalar_t> state = soft_start<kComposite == kMax ? kSoftor : kComposite, scalar_t>();  // unused by kMax
 
   // Two barriers per chunk: a thread restages only after everyone's fold of the previous chunk.
   for (int c0 = 0; c0 < n_segments; c0 += kStrokeThreads) {
