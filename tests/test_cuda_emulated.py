@@ -47,7 +47,11 @@ SCHEDULE_SEED = 1
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> ctypes.CDLL:
-    """tests/cuda_emulator.cpp with the kernels' header, built by the host compiler (a few seconds)."""
+    return build_emulator(tmp_path_factory)
+
+
+def build_emulator(tmp_path_factory) -> ctypes.CDLL:
+    """tests/cuda_emulator.cpp with the kernels' headers, built by the host compiler (a few seconds)."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         pytest.skip("no host C++ compiler (c++ or g++ on PATH) to build the CUDA emulator")

@@ -6,7 +6,7 @@ pipes and bounded the kernel (README, "Performance (GPU)"). ptxas decides this, 
 predicated moves back into selects unless it is kept from it (csrc/splat_cuda_kernels.cuh, keep_greater);
 this reads the extension's own machine code for each architecture it was built for, with no GPU.
 The float backward (atomic and deterministic) keeps each thread's pixels in registers (no spills)
-and reads them with vector loads, and the soft composites' kernels spill nothing either.
+and reads them with vector loads, and the soft composites' and the strokes' kernels spill nothing either.
 """
 
 import importlib.util
@@ -100,6 +100,17 @@ def test_soft_composite_kernels_keep_their_state_in_registers(kernel):
     """The soft composites' kernels (every mode, dtype and column count) keep each thread's per-pixel
     state, upstream gradients and per-marker sums in registers: no local-memory loads or stores. Their
     names share no substring with the max kernels' that the tests above look for."""
+    by_arch = sass_by_arch(built_library(), kernel)
+    assert by_arch, f"no {kernel} found in the extension's SASS"
+    for arch, instructions in by_arch.items():
+        local = [opcode for _, _, opcode, _ in instructions if opcode.split(".")[0] in ("LDL", "STL")]
+        assert not local, (arch, Counter(local))
+
+
+@pytest.mark.parametrize("kernel", ["stroke_forward_kernel", "stroke_backward_kernel", "stroke_finish_kernel"])
+def test_stroke_kernels_keep_their_state_in_registers(kernel):
+    """stroke_render's kernels (every mode and dtype) keep each thread's composite state, segment terms
+    and sums in registers: no local-memory loads or stores."""
     by_arch = sass_by_arch(built_library(), kernel)
     assert by_arch, f"no {kernel} found in the extension's SASS"
     for arch, instructions in by_arch.items():
