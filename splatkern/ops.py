@@ -54,7 +54,7 @@ _AVAILABLE: dict[str, tuple[str, ...]] = {}
 
 
 # The backends that draw strokes; the others are splat_render's alone.
-STROKE_BACKENDS = ("reference", "cpu", "triton")
+STROKE_BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
 # A constant to torch.compile: traced, a cached function warns the user (functools.cache) or adds
@@ -390,7 +390,7 @@ def stroke_render(
             over its segments.
         temperature: the softmax temperature of ``"smoothmax"``, a finite number ``> 0``.
         backend: ``"auto"``, ``"reference"`` or a fused backend that draws strokes (``"cpu"``,
-            ``"triton"``).
+            ``"cuda"``, ``"triton"``).
         return_index: also return the int32 winner map ``[..., H, W]`` of ``s * max(P - 1, 1) + k``
             (stroke ``s``, its segment ``k``; ``-1`` where S = 0); ``"max"`` only.
         deterministic: as in :func:`splatkern.splat_render`.
