@@ -88,10 +88,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stroke_backward_cuda(const at::Te
   const bool check_index = composite == kMax && !stream_is_capturing(stream);
   at::Tensor bad_index = flag_word(paths, !check_index);
   AT_DISPATCH_FLOATING_TYPES(paths.scalar_type(), "stroke_backward_cuda", [&] {
-    at::Tensor sums = at::zeros(
-        {kernels::stroke_sums_size<scalar_t>(deterministic, batch, height, width, n_segments)}, paths.options());
+    const auto plan = kernels::stroke_backward_plan<scalar_t>(deterministic, batch, height, width, n_segments);
+    at::Tensor sums = at::zeros({plan.sums}, paths.options());
     kernels::launch_stroke_backward(
-        cuda_host::launcher(stream, "stroke_render"), composite, temperature, deterministic,
+        cuda_host::launcher(stream, "stroke_render"), plan, composite, temperature, deterministic,
         grad_image.const_data_ptr<scalar_t>(), paths.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<scalar_t>(),
         amps.const_data_ptr<scalar_t>(), composite == kMax ? saved.const_data_ptr<int32_t>() : nullptr,
         composite == kMax ? nullptr : saved.const_data_ptr<scalar_t>(), batch, int(n_strokes), int(n_vertices),

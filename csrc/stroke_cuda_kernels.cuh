@@ -23,9 +23,11 @@
 // them per distinct segment its lanes hold, with shuffles in a fixed order, into a slot per
 // (warp, segment) of a chunk of kStrokeChunk segments in shared memory; each slot is written at most
 // once per chunk. The block then adds its warps' slots in warp order: deterministic=false adds that
-// sum to the image's per-segment sums with one atomic per term; deterministic=true writes it to
-// partials[block][segment], which stroke_finish_kernel adds in block order. stroke_finish_kernel
-// then turns each stroke's segment sums into its vertices' gradients, in segment order.
+// sum to the image's per-segment sums with one atomic per term; deterministic=true adds it to the
+// block's own row partials[block][segment], which stroke_finish_kernel adds in block order. A
+// deterministic block takes one tile, or several in turn where a row per tile would pass
+// kStrokePartialsBytes. stroke_finish_kernel then turns each stroke's segment sums into its
+// vertices' gradients, in segment order.
 #pragma once
 
 #include "splat_cuda_kernels.cuh"
@@ -127,14 +129,14 @@ struct StrokeLayout {
   }
 };
 
-// The calling block's image b and its tile's first column and row.
+// A tile: its image b and its first column and row.
 struct StrokeTile {
   int64_t b;
   int x0, y0;
 };
-__device__ __forceinline__ StrokeTile stroke_tile(int tiles_x, int tiles_per_image) {
-  const int tile = int(blockIdx.x % tiles_per_image);
-  return {blockIdx.x / tiles_per_image, (tile % tiles_x) * kWarpSize, (tile / tiles_x) * kStrokeTileHeight};
+// Tile `tile` of image b, the tiles numbered row by row, tiles_x to a row.
+__device__ __forceinline__ StrokeTile stroke_tile(int64_t b, int tile, int tiles_x) {
+  return {b, (tile % tiles_x) * kWarpSize, (tile / tiles_x) * kStrokeTileHeight};
 }
 
 // --- forward ------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(kStrokeThreads, kStrokeMinBlocks)
                           int32_t* __restrict__ flaws) {
   __shared__ StrokeSegment<scalar_t> segments[kStrokeThreads];
   __shared__ bool live[kStrokeThreads];
-  const StrokeTile tile = stroke_tile(tiles_x, tiles_per_image);
+  const StrokeTile tile = stroke_tile(blockIdx.x / tiles_per_image, int(blockIdx.x % tiles_per_image), tiles_x);
   const int thread = threadIdx.y * kWarpSize + threadIdx.x;
   const int x = tile.x0 + threadIdx.x, y = tile.y0 + threadIdx.y;
   const int n_segments = layout.n_strokes * layout.per_stroke;
@@ -272,8 +274,8 @@ __device__ __forceinline__ void add_to_slots(int slot, const scalar_t (&terms)[k
 }
 
 // After a barrier: adds the chunk's slots over the warps, in warp order, for segments [c0, c0 + count)
-// of image b, then zeroes them for the next chunk. kDeterministic: into partials[block][segment];
-// else atomically into sums[b][segment].
+// of image b, then zeroes them for the next chunk. kDeterministic: into partials[block][segment],
+// the block's own row, to which its tiles add in turn; else atomically into sums[b][segment].
 template <bool kDeterministic, typename scalar_t>
 __device__ __forceinline__ void flush_slots(StrokeSlots<scalar_t>& slots, int c0, int count, int n_segments,
                                             int64_t b, scalar_t* __restrict__ out) {
@@ -288,128 +290,136 @@ __device__ __forceinline__ void flush_slots(StrokeSlots<scalar_t>& slots, int c0
     if (slot >= count) continue;
     const int64_t at = (int64_t(kDeterministic ? blockIdx.x : b) * n_segments + c0 + slot) * kStrokeTerms + j;
     if constexpr (kDeterministic) {
-      out[at] = sum;
+      out[at] += sum;
     } else if (sum != scalar_t(0)) {
       atomicAdd(out + at, sum);
     }
   }
 }
 
-// The backward of one tile into `out` (flush_slots), for kComposite kMax, kSoftor (softor and over,
-// whose derivatives are equal) or kSmoothmax, from the forward's `saved`: the index map for kMax (a
-// value outside [0, S K) sets *bad_index and is skipped), else the soft state. `out` must be zero
-// where nothing is written: the sums of a segment whose box misses a tile, or of a chunk no pixel of
-// it won, are skipped.
+// The backward of image b's tiles into `out` (flush_slots), for kComposite kMax, kSoftor (softor and
+// over, whose derivatives are equal) or kSmoothmax, from the forward's `saved`: the index map for kMax
+// (a value outside [0, S K) sets *bad_index and is skipped), else the soft state. A block takes tiles
+// blockIdx.x % blocks_per_image, + blocks_per_image, ... of image blockIdx.x / blocks_per_image, in
+// that order: one tile where blocks_per_image = tiles_per_image. `out` must be zero where nothing is
+// written: the sums of a segment whose box misses a tile, or of a chunk no pixel of it won, are skipped.
 template <typename scalar_t, Composite kComposite, bool kDeterministic>
 __global__ void __launch_bounds__(kStrokeThreads, kStrokeMinBlocks)
     stroke_backward_kernel(const scalar_t* __restrict__ grad_image, const scalar_t* __restrict__ paths,
                            const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps,
                            const int32_t* __restrict__ index, const scalar_t* __restrict__ saved,
                            StrokeLayout layout, int height, int width, int tiles_x, int tiles_per_image,
-                           scalar_t reach_per_sigma, scalar_t inv_t, scalar_t* __restrict__ out,
-                           int32_t* __restrict__ bad_index) {
+                           int blocks_per_image, scalar_t reach_per_sigma, scalar_t inv_t,
+                           scalar_t* __restrict__ out, int32_t* __restrict__ bad_index) {
   __shared__ StrokeSlots<scalar_t> slots;
   __shared__ int key_range[2][kStrokeTileHeight];
-  const StrokeTile tile = stroke_tile(tiles_x, tiles_per_image);
+  const int64_t b = blockIdx.x / blocks_per_image;
   const int lane = threadIdx.x, warp = threadIdx.y;
-  const int x = tile.x0 + lane, y = tile.y0 + warp;
   const int n_segments = layout.n_strokes * layout.per_stroke;
   const int64_t per_image = int64_t(layout.n_strokes) * layout.n_vertices;
-  paths += tile.b * per_image * 2;
-  sigmas += tile.b * per_image;
-  amps += tile.b * per_image;
-  const bool inside = x < width && y < height;
-  const int64_t pixels = int64_t(height) * width, local = inside ? int64_t(y) * width + x : 0;
-  const int64_t pixel = tile.b * pixels + local;
-  const scalar_t px = scalar_t(x), py = scalar_t(y);
+  paths += b * per_image * 2;
+  sigmas += b * per_image;
+  amps += b * per_image;
+  const int64_t pixels = int64_t(height) * width;
+  // Zeroed once: each tile leaves them zero (flush_slots).
   for (int i = warp * kWarpSize + lane; i < kStrokeTileHeight * kStrokeChunk * kStrokeTerms; i += kStrokeThreads) {
     (&slots[0][0][0])[i] = scalar_t(0);
   }
 
-  if constexpr (kComposite == kMax) {
-    // One segment per pixel: its terms, once; then the chunks that hold the tile's winners.
-    const scalar_t g = inside ? grad_image[pixel] : scalar_t(0);
-    int id = inside ? index[pixel] : -1;
-    if (inside && (id < 0 || id >= n_segments)) {
-      atomicOr(bad_index, 1);
-      id = -1;
-    }
-    if (g == scalar_t(0)) id = -1;
-    scalar_t terms[kStrokeTerms] = {};
-    if (id >= 0) {
-      const StrokeSegment<scalar_t> segment = segment_of(paths, sigmas, amps, layout.vertex_a(id), layout.vertex_b(id));
-      segment_terms(segment, segment_at(segment, px, py), g, terms);
-    }
-    int low = id >= 0 ? id : n_segments, high = id;
-#pragma unroll
-    for (int d = kWarpSize / 2; d >= 1; d /= 2) {
-      low = min(low, __shfl_xor_sync(kFullWarp, low, d));
-      high = max(high, __shfl_xor_sync(kFullWarp, high, d));
-    }
-    if (lane == 0) key_range[0][warp] = low, key_range[1][warp] = high;
-    __syncthreads();  // also orders the slots' zeroing before their use
-#pragma unroll
-    for (int w = 0; w < kStrokeTileHeight; ++w) low = min(low, key_range[0][w]), high = max(high, key_range[1][w]);
-    for (int c0 = low / kStrokeChunk * kStrokeChunk; c0 <= high; c0 += kStrokeChunk) {
-      const int slot = id >= c0 && id < c0 + kStrokeChunk ? id - c0 : -1;
-      add_to_slots(slot, terms, slots);
-      __syncthreads();
-      flush_slots<kDeterministic>(slots, c0, min(kStrokeChunk, n_segments - c0), n_segments, tile.b, out);
-      __syncthreads();
-    }
-  } else {
-    // Per chunk, each stroke with segments in it whose box meets the tile: the pixel's stroke value
-    // and winning segment as the forward found them, h, and that segment's terms.
-    const SoftState<scalar_t> state =
-        soft_backward_state<kComposite == kSmoothmax>(inside, grad_image + pixel,
-                                                      saved + tile.b * kSoftStatePlanes * pixels + local, pixels);
-    __syncthreads();  // the slots' zeroing before their use
-    const int x1 = tile.x0 + kWarpSize - 1, y1 = tile.y0 + kStrokeTileHeight - 1;
-    for (int c0 = 0; c0 < n_segments; c0 += kStrokeChunk) {
-      const int count = min(kStrokeChunk, n_segments - c0);
-      bool touched = false;  // uniform: the boxes are the same for every thread
-      for (int s = c0 / layout.per_stroke; s <= (c0 + count - 1) / layout.per_stroke; ++s) {
-        const int first = s * layout.per_stroke;
-        scalar_t v = -std::numeric_limits<scalar_t>::infinity();
-        int won = 0;
-        bool live = false;
-        for (int k = 0; k < layout.per_stroke; ++k) {
-          const StrokeSegment<scalar_t> segment =
-              segment_of(paths, sigmas, amps, layout.vertex_a(first + k), layout.vertex_b(first + k));
-          const bool meets = segment_meets(segment, reach_per_sigma, tile.x0, x1, tile.y0, y1);
-          live |= meets;
-          const scalar_t value = meets ? value_of(segment_at(segment, px, py)) : scalar_t(0);
-          if (value > v) v = value, won = k;
-        }
-        if (!live) continue;  // the stroke's value is 0 on the whole tile, and so are its terms
-        touched = true;
-        const scalar_t h = soft_gradient<kComposite == kSmoothmax>(state, v, scalar_t(1), inv_t);
-        const int slot = first + won - c0;
-        const bool adds = h != scalar_t(0) && slot >= 0 && slot < count;
-        scalar_t terms[kStrokeTerms] = {};
-        if (adds) {
-          const StrokeSegment<scalar_t> segment =
-              segment_of(paths, sigmas, amps, layout.vertex_a(first + won), layout.vertex_b(first + won));
-          segment_terms(segment, segment_at(segment, px, py), h, terms);
-        }
-        add_to_slots(adds ? slot : -1, terms, slots);
+  for (int t = int(blockIdx.x % blocks_per_image); t < tiles_per_image; t += blocks_per_image) {
+    const StrokeTile tile = stroke_tile(b, t, tiles_x);
+    const int x = tile.x0 + lane, y = tile.y0 + warp;
+    const bool inside = x < width && y < height;
+    const int64_t local = inside ? int64_t(y) * width + x : 0;
+    const int64_t pixel = b * pixels + local;
+    const scalar_t px = scalar_t(x), py = scalar_t(y);
+    if constexpr (kComposite == kMax) {
+      // One segment per pixel: its terms, once; then the chunks that hold the tile's winners.
+      const scalar_t g = inside ? grad_image[pixel] : scalar_t(0);
+      int id = inside ? index[pixel] : -1;
+      if (inside && (id < 0 || id >= n_segments)) {
+        atomicOr(bad_index, 1);
+        id = -1;
       }
-      if (!touched) continue;
-      __syncthreads();
-      flush_slots<kDeterministic>(slots, c0, count, n_segments, tile.b, out);
-      __syncthreads();
+      if (g == scalar_t(0)) id = -1;
+      scalar_t terms[kStrokeTerms] = {};
+      if (id >= 0) {
+        const StrokeSegment<scalar_t> segment =
+            segment_of(paths, sigmas, amps, layout.vertex_a(id), layout.vertex_b(id));
+        segment_terms(segment, segment_at(segment, px, py), g, terms);
+      }
+      int low = id >= 0 ? id : n_segments, high = id;
+#pragma unroll
+      for (int d = kWarpSize / 2; d >= 1; d /= 2) {
+        low = min(low, __shfl_xor_sync(kFullWarp, low, d));
+        high = max(high, __shfl_xor_sync(kFullWarp, high, d));
+      }
+      if (lane == 0) key_range[0][warp] = low, key_range[1][warp] = high;
+      __syncthreads();  // also orders the slots' first zeroing before their use
+#pragma unroll
+      for (int w = 0; w < kStrokeTileHeight; ++w) low = min(low, key_range[0][w]), high = max(high, key_range[1][w]);
+      for (int c0 = low / kStrokeChunk * kStrokeChunk; c0 <= high; c0 += kStrokeChunk) {
+        const int slot = id >= c0 && id < c0 + kStrokeChunk ? id - c0 : -1;
+        add_to_slots(slot, terms, slots);
+        __syncthreads();
+        flush_slots<kDeterministic>(slots, c0, min(kStrokeChunk, n_segments - c0), n_segments, tile.b, out);
+        __syncthreads();
+      }
+    } else {
+      // Per chunk, each stroke with segments in it whose box meets the tile: the pixel's stroke value
+      // and winning segment as the forward found them, h, and that segment's terms.
+      const SoftState<scalar_t> state =
+          soft_backward_state<kComposite == kSmoothmax>(inside, grad_image + pixel,
+                                                        saved + tile.b * kSoftStatePlanes * pixels + local, pixels);
+      __syncthreads();  // the slots' first zeroing before their use
+      const int x1 = tile.x0 + kWarpSize - 1, y1 = tile.y0 + kStrokeTileHeight - 1;
+      for (int c0 = 0; c0 < n_segments; c0 += kStrokeChunk) {
+        const int count = min(kStrokeChunk, n_segments - c0);
+        bool touched = false;  // uniform: the boxes are the same for every thread
+        for (int s = c0 / layout.per_stroke; s <= (c0 + count - 1) / layout.per_stroke; ++s) {
+          const int first = s * layout.per_stroke;
+          scalar_t v = -std::numeric_limits<scalar_t>::infinity();
+          int won = 0;
+          bool live = false;
+          for (int k = 0; k < layout.per_stroke; ++k) {
+            const StrokeSegment<scalar_t> segment =
+                segment_of(paths, sigmas, amps, layout.vertex_a(first + k), layout.vertex_b(first + k));
+            const bool meets = segment_meets(segment, reach_per_sigma, tile.x0, x1, tile.y0, y1);
+            live |= meets;
+            const scalar_t value = meets ? value_of(segment_at(segment, px, py)) : scalar_t(0);
+            if (value > v) v = value, won = k;
+          }
+          if (!live) continue;  // the stroke's value is 0 on the whole tile, and so are its terms
+          touched = true;
+          const scalar_t h = soft_gradient<kComposite == kSmoothmax>(state, v, scalar_t(1), inv_t);
+          const int slot = first + won - c0;
+          const bool adds = h != scalar_t(0) && slot >= 0 && slot < count;
+          scalar_t terms[kStrokeTerms] = {};
+          if (adds) {
+            const StrokeSegment<scalar_t> segment =
+                segment_of(paths, sigmas, amps, layout.vertex_a(first + won), layout.vertex_b(first + won));
+            segment_terms(segment, segment_at(segment, px, py), h, terms);
+          }
+          add_to_slots(adds ? slot : -1, terms, slots);
+        }
+        if (!touched) continue;
+        __syncthreads();
+        flush_slots<kDeterministic>(slots, c0, count, n_segments, tile.b, out);
+        __syncthreads();
+      }
     }
+    __syncthreads();  // kMax: every warp has read key_range before the next tile writes it
   }
 }
 
-// One thread per stroke of the batch: adds its segments' sums over `blocks` blocks per image (the
+// One thread per stroke of the batch: adds its segments' sums over `rows` rows per image (the
 // deterministic partials, in block order; 1 for the atomic sums) and turns them into the gradients
 // of its vertices, adding the segments in order. Writes every element of the gradients.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kStrokeThreads, kStrokeMinBlocks)
     stroke_finish_kernel(const scalar_t* __restrict__ sums, const scalar_t* __restrict__ paths,
                          const scalar_t* __restrict__ sigmas, const scalar_t* __restrict__ amps, int64_t batch,
-                         StrokeLayout layout, int64_t blocks, scalar_t* __restrict__ grad_paths,
+                         StrokeLayout layout, int64_t rows, scalar_t* __restrict__ grad_paths,
                          scalar_t* __restrict__ grad_sigmas, scalar_t* __restrict__ grad_amps) {
   const int64_t bs = blockIdx.x * int64_t(kStrokeThreads) + threadIdx.y * kWarpSize + threadIdx.x;
   if (bs >= batch * layout.n_strokes) return;
@@ -427,8 +437,8 @@ __global__ void __launch_bounds__(kStrokeThreads, kStrokeMinBlocks)
   }
   for (int id = s * layout.per_stroke; id < (s + 1) * layout.per_stroke; ++id) {
     scalar_t sum[kStrokeTerms] = {};
-    for (int64_t block = 0; block < blocks; ++block) {
-      const scalar_t* from = sums + ((b * blocks + block) * n_segments + id) * kStrokeTerms;
+    for (int64_t row = 0; row < rows; ++row) {
+      const scalar_t* from = sums + ((b * rows + row) * n_segments + id) * kStrokeTerms;
 #pragma unroll
       for (int j = 0; j < kStrokeTerms; ++j) sum[j] += from[j];
     }
@@ -462,11 +472,28 @@ scalar_t stroke_reach_per_sigma() {
   return scalar_t(std::sqrt(2.0 * double(kFlushExponent<scalar_t>)));
 }
 
-// The scalars the backward's sums need: the image's per-segment sums [B, S K, kStrokeTerms] (atomic)
-// or each block's (deterministic).
+// The deterministic backward's partials take at most this many bytes, or one row per image if that
+// is more (as many as the atomic sums). One row per tile would take B tiles S K kStrokeTerms scalars:
+// 1.3 GB for B = 64, S = 16, P = 8 at 1024 x 1024 in float32, where the atomic sums take 315 KB.
+constexpr int64_t kStrokePartialsBytes = int64_t(64) << 20;
+
+// How the backward's blocks cover an image: blocks_per_image blocks, each taking every
+// blocks_per_image-th tile; and its sums, `rows` of S K kStrokeTerms scalars per image: the
+// image's per-segment sums (atomic, rows = 1, one block per tile) or each block's (deterministic).
+struct StrokeBackwardPlan {
+  int64_t blocks_per_image, rows, sums;
+};
+
+// A deterministic block adds its tiles in a fixed order, so fewer blocks bound the partials without
+// atomics; the plan depends on the shapes and dtype alone, and so do the gradients' bits.
 template <typename scalar_t>
-int64_t stroke_sums_size(bool deterministic, int64_t batch, int64_t height, int64_t width, int64_t n_segments) {
-  return (deterministic ? batch * stroke_grid(height, width).tiles_per_image : batch) * n_segments * kStrokeTerms;
+StrokeBackwardPlan stroke_backward_plan(bool deterministic, int64_t batch, int64_t height, int64_t width,
+                                        int64_t n_segments, int64_t partials_bytes = kStrokePartialsBytes) {
+  const int64_t tiles = stroke_grid(height, width).tiles_per_image, row = n_segments * kStrokeTerms;
+  if (!deterministic) return {tiles, 1, batch * row};
+  const int64_t fit = partials_bytes / (batch * row * int64_t(sizeof(scalar_t)));
+  const int64_t blocks = std::clamp<int64_t>(fit, 1, tiles);
+  return {blocks, blocks, batch * blocks * row};
 }
 
 // The image and `index` (kMax) or the soft state `saved` [B, kSoftStatePlanes, H, W] of paths
@@ -496,9 +523,10 @@ void launch_stroke_forward(const Launch& launch, Composite composite, double tem
 
 // The gradients of paths, sigmas and amps (every element written) from the image's gradient and the
 // forward's `index` (kMax) or `saved` (the soft modes), for S >= 1 and at least one pixel. `sums`:
-// stroke_sums_size(...) scalars, zeroed.
+// plan.sums scalars, zeroed; plan: stroke_backward_plan(deterministic, ...).
 template <typename scalar_t, typename Launch>
-void launch_stroke_backward(const Launch& launch, Composite composite, double temperature, bool deterministic,
+void launch_stroke_backward(const Launch& launch, const StrokeBackwardPlan& plan, Composite composite,
+                            double temperature, bool deterministic,
                             const scalar_t* grad_image, const scalar_t* paths, const scalar_t* sigmas,
                             const scalar_t* amps, const int32_t* index, const scalar_t* saved, int64_t batch,
                             int n_strokes, int n_vertices, int height, int width, scalar_t* sums,
@@ -507,9 +535,10 @@ void launch_stroke_backward(const Launch& launch, Composite composite, double te
   const StrokeLayout layout{n_strokes, n_vertices, std::max(n_vertices - 1, 1)};
   const char* what = deterministic ? "the deterministic backward" : "the backward";
   const auto run = [&](auto kernel) {
-    launch(what, kernel, batch * grid.tiles_per_image, dim3(kWarpSize, kStrokeTileHeight), grad_image, paths, sigmas,
-           amps, index, saved, layout, height, width, int(grid.tiles_x), int(grid.tiles_per_image),
-           stroke_reach_per_sigma<scalar_t>(), scalar_t(1.0 / temperature), sums, bad_index);
+    launch(what, kernel, batch * plan.blocks_per_image, dim3(kWarpSize, kStrokeTileHeight), grad_image, paths,
+           sigmas, amps, index, saved, layout, height, width, int(grid.tiles_x), int(grid.tiles_per_image),
+           int(plan.blocks_per_image), stroke_reach_per_sigma<scalar_t>(), scalar_t(1.0 / temperature), sums,
+           bad_index);
   };
   const auto run_mode = [&](auto deterministic_mode) {
     constexpr bool kDeterministic = decltype(deterministic_mode)::value;
@@ -525,7 +554,7 @@ void launch_stroke_backward(const Launch& launch, Composite composite, double te
   deterministic ? run_mode(std::true_type()) : run_mode(std::false_type());
   launch(what, stroke_finish_kernel<scalar_t>, ceil_div(batch * n_strokes, kStrokeThreads),
          dim3(kWarpSize, kStrokeTileHeight), static_cast<const scalar_t*>(sums), paths, sigmas, amps, batch, layout,
-         deterministic ? grid.tiles_per_image : int64_t(1), grad_paths, grad_sigmas, grad_amps);
+         plan.rows, grad_paths, grad_sigmas, grad_amps);
 }
 
 }  // namespace splatkern::kernels

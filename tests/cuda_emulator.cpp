@@ -1,6 +1,6 @@
-// Runs the CUDA kernels of csrc/splat_cuda_kernels.cuh and csrc/stroke_cuda_kernels.cuh on the CPU, so that their indexing, warp
-// shuffles, barriers and atomics are tested where there is no GPU (tests/test_cuda_emulated.py
-// builds this file with the host C++ compiler and calls it through ctypes).
+// Runs the CUDA kernels of csrc/splat_cuda_kernels.cuh and csrc/stroke_cuda_kernels.cuh on the CPU,
+// so that their indexing, warp shuffles, barriers and atomics are tested where there is no GPU
+// (tests/test_cuda_emulated.py builds this file with the host C++ compiler and calls it through ctypes).
 //
 // Each block runs on its own, its threads as fibers (ucontext) on one OS thread. A fiber runs until
 // it waits for others: at __syncthreads (every thread of the block) or at a warp shuffle, ballot or
@@ -342,7 +342,8 @@ int soft_backward(int64_t deterministic, int64_t composite, double temperature, 
 }
 
 // stroke_render's pair (composite: splatkern::Composite; S >= 1). The forward writes the image and
-// `index` (max) or the soft state `saved`; the backward takes the same and writes every gradient.
+// `index` (max) or the soft state `saved`; the backward takes the same and writes every gradient,
+// its deterministic partials bounded by partials_bytes (0: the op's kStrokePartialsBytes).
 template <typename scalar_t>
 int stroke_forward(int64_t composite, double temperature, const scalar_t* paths, const scalar_t* sigmas,
                    const scalar_t* amps, int64_t batch, int64_t n_strokes, int64_t n_vertices, int64_t height,
@@ -358,15 +359,17 @@ int stroke_forward(int64_t composite, double temperature, const scalar_t* paths,
 }
 
 template <typename scalar_t>
-int stroke_backward(int64_t deterministic, int64_t composite, double temperature, const scalar_t* grad_image,
-                    const scalar_t* paths, const scalar_t* sigmas, const scalar_t* amps, const int32_t* index,
-                    const scalar_t* saved, int64_t batch, int64_t n_strokes, int64_t n_vertices, int64_t height,
-                    int64_t width, scalar_t* grad_paths, scalar_t* grad_sigmas, scalar_t* grad_amps,
-                    int32_t* bad_index, char* message, int message_size) {
+int stroke_backward(int64_t deterministic, int64_t partials_bytes, int64_t composite, double temperature,
+                    const scalar_t* grad_image, const scalar_t* paths, const scalar_t* sigmas, const scalar_t* amps,
+                    const int32_t* index, const scalar_t* saved, int64_t batch, int64_t n_strokes,
+                    int64_t n_vertices, int64_t height, int64_t width, scalar_t* grad_paths, scalar_t* grad_sigmas,
+                    scalar_t* grad_amps, int32_t* bad_index, char* message, int message_size) {
   try {
     const int64_t n_segments = n_strokes * std::max<int64_t>(n_vertices - 1, 1);
-    std::vector<scalar_t> sums(stroke_sums_size<scalar_t>(deterministic != 0, batch, height, width, n_segments));
-    launch_stroke_backward(emulated_launch, splatkern::Composite(composite), temperature, deterministic != 0,
+    const auto plan = stroke_backward_plan<scalar_t>(deterministic != 0, batch, height, width, n_segments,
+                                                     partials_bytes > 0 ? partials_bytes : kStrokePartialsBytes);
+    std::vector<scalar_t> sums(plan.sums);
+    launch_stroke_backward(emulated_launch, plan, splatkern::Composite(composite), temperature, deterministic != 0,
                            grad_image, paths, sigmas, amps, index, saved, batch, int(n_strokes), int(n_vertices),
                            int(height), int(width), sums.data(), grad_paths, grad_sigmas, grad_amps, bad_index);
     return 0;
@@ -425,16 +428,16 @@ int stroke_forward_double(int64_t c, double t, const double* p, const double* s,
                           int32_t* flaws, char* message, int size) {
   return stroke_forward(c, t, p, s, a, b, n, v, h, w, image, index, saved, flaws, message, size);
 }
-int stroke_backward_float(int64_t det, int64_t c, double t, const float* g, const float* p, const float* s,
-                          const float* a, const int32_t* index, const float* saved, int64_t b, int64_t n, int64_t v,
-                          int64_t h, int64_t w, float* gp, float* gs, float* ga, int32_t* bad, char* message,
-                          int size) {
-  return stroke_backward(det, c, t, g, p, s, a, index, saved, b, n, v, h, w, gp, gs, ga, bad, message, size);
+int stroke_backward_float(int64_t det, int64_t budget, int64_t c, double t, const float* g, const float* p,
+                          const float* s, const float* a, const int32_t* index, const float* saved, int64_t b,
+                          int64_t n, int64_t v, int64_t h, int64_t w, float* gp, float* gs, float* ga, int32_t* bad,
+                          char* message, int size) {
+  return stroke_backward(det, budget, c, t, g, p, s, a, index, saved, b, n, v, h, w, gp, gs, ga, bad, message, size);
 }
-int stroke_backward_double(int64_t det, int64_t c, double t, const double* g, const double* p, const double* s,
-                           const double* a, const int32_t* index, const double* saved, int64_t b, int64_t n,
-                           int64_t v, int64_t h, int64_t w, double* gp, double* gs, double* ga, int32_t* bad,
-                           char* message, int size) {
-  return stroke_backward(det, c, t, g, p, s, a, index, saved, b, n, v, h, w, gp, gs, ga, bad, message, size);
+int stroke_backward_double(int64_t det, int64_t budget, int64_t c, double t, const double* g, const double* p,
+                           const double* s, const double* a, const int32_t* index, const double* saved, int64_t b,
+                           int64_t n, int64_t v, int64_t h, int64_t w, double* gp, double* gs, double* ga,
+                           int32_t* bad, char* message, int size) {
+  return stroke_backward(det, budget, c, t, g, p, s, a, index, saved, b, n, v, h, w, gp, gs, ga, bad, message, size);
 }
 }

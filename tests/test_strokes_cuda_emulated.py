@@ -71,14 +71,15 @@ class _StrokeRender(torch.autograd.Function):
     """The CUDA op pair as stroke_render runs it: the forward kernel, then the backward's two."""
 
     @staticmethod
-    def forward(ctx, emulator, paths, sigmas, amps, height, width, composite, temperature, deterministic):
+    def forward(ctx, emulator, paths, sigmas, amps, height, width, composite, temperature, deterministic,
+                partials_bytes):
         image, index, state, flaws = stroke_forward(emulator, paths, sigmas, amps, height, width, composite,
                                                     temperature)
         raise_stroke_flaws(flaws)
         saved = index if composite == "max" else state
         ctx.save_for_backward(paths, sigmas, amps, saved)
         ctx.emulator, ctx.composite, ctx.temperature = emulator, composite, temperature
-        ctx.deterministic = deterministic
+        ctx.deterministic, ctx.partials_bytes = deterministic, partials_bytes
         return image
 
     @staticmethod
@@ -92,14 +93,17 @@ class _StrokeRender(torch.autograd.Function):
         grads = [torch.full_like(t, math.nan) for t in (paths, sigmas, amps)]
         bad_index = torch.zeros(1, dtype=torch.int32)
         guarded_call(getattr(ctx.emulator, f"stroke_backward_{DTYPE_NAMES[paths.dtype]}"), int(ctx.deterministic),
-                     COMPOSITES.index(ctx.composite), float(ctx.temperature), grad_image.contiguous(), paths, sigmas,
-                     amps, index, state, batch, n_strokes, n_vertices, height, width, *grads, bad_index)
+                     ctx.partials_bytes, COMPOSITES.index(ctx.composite), float(ctx.temperature),
+                     grad_image.contiguous(), paths, sigmas, amps, index, state, batch, n_strokes, n_vertices, height,
+                     width, *grads, bad_index)
         assert bad_index.item() == 0, "the backward kernel flagged a winner map its forward produced"
-        return None, *grads, None, None, None, None, None
+        return None, *grads, None, None, None, None, None, None
 
 
-def render(emulator, paths, sigmas, amps, height, width, composite, temperature, deterministic):
-    return _StrokeRender.apply(emulator, paths, sigmas, amps, height, width, composite, temperature, deterministic)
+def render(emulator, paths, sigmas, amps, height, width, composite, temperature, deterministic, partials_bytes=0):
+    """The image; partials_bytes bounds the deterministic backward's partials (0: the op's bound)."""
+    return _StrokeRender.apply(emulator, paths, sigmas, amps, height, width, composite, temperature, deterministic,
+                               partials_bytes)
 
 
 def soft_state_reference(paths, sigmas, amps, height, width, composite, temperature):
@@ -188,19 +192,29 @@ def test_matches_reference(emulator, composite, temperature, shape, dtype, deter
         torch.testing.assert_close(state.double(), expected, rtol=tolerance, atol=tolerance)
 
 
+# The deterministic partials of one block per image in the test below: 2 images x S K = 48 segments x
+# 11 float32 sums (kStrokeTerms, csrc/stroke_cuda_kernels.cuh).
+PARTIALS_ROW_BYTES = 2 * 12 * 4 * 11 * 4
+
+
+# blocks per image: one per tile (6 tiles, within the op's bound), or partials bounded to fewer rows,
+# each block then taking several tiles in turn (4 blocks: two take 2 tiles, two take 1).
+@pytest.mark.parametrize("blocks", [6, 4, 1])
 @pytest.mark.parametrize("composite, temperature", MODES, ids=lambda m: str(m))
-def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator, composite, temperature):
+def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator, composite, temperature, blocks):
     """Several tiles and backward chunks per image: the deterministic backward gives the same bits under
-    every schedule of the emulator's threads, and the atomic backward agrees with it up to rounding."""
+    every schedule of the emulator's threads, however many tiles a block takes, and the atomic backward
+    agrees with it up to rounding."""
     inputs = [t.float() for t in make_strokes(2, 12, 5, 20, 40, seed=4, unit_amps=composite in UNIT_AMP_COMPOSITES)]
     upstream = random_like_image((2, 20, 40), seed=2).float()
+    partials_bytes = 0 if blocks == 6 else blocks * PARTIALS_ROW_BYTES
     grads = {False: [], True: []}
     try:
         for seed in (0, 1, 2):
             emulator.set_schedule_seed(seed)
             for deterministic in (False, True):
                 leaves = [t.clone().requires_grad_() for t in inputs]
-                image = render(emulator, *leaves, 20, 40, composite, temperature, deterministic)
+                image = render(emulator, *leaves, 20, 40, composite, temperature, deterministic, partials_bytes)
                 grads[deterministic].append(torch.cat([g.flatten() for g in torch.autograd.grad(image, leaves,
                                                                                                  upstream)]))
     finally:
@@ -263,7 +277,7 @@ def test_backward_flags_a_winner_map_out_of_range(emulator, deterministic):
         index[1, 8, 40] = bad
         grads = [torch.zeros_like(t) for t in (paths, sigmas, amps)]
         flag = torch.zeros(1, dtype=torch.int32)
-        guarded_call(emulator.stroke_backward_float, int(deterministic), 0, 1.0, torch.ones(2, 9, 41), paths, sigmas,
+        guarded_call(emulator.stroke_backward_float, int(deterministic), 0, 0, 1.0, torch.ones(2, 9, 41), paths, sigmas,
                      amps, index, torch.zeros(1), 2, 3, 4, 9, 41, *grads, flag)
         assert flag.item() == flagged
         assert all(torch.isfinite(g).all() for g in grads)
