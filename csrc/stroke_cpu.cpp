@@ -260,11 +260,21 @@ struct StrokeScratch {
   AlignedVector<bits_t> ids;
 };
 
+// Whether any lane is set: OR-ed down in halves, a few instructions (a loop over the lanes compiles
+// to one extraction per lane).
 template <typename W>
 inline __attribute__((always_inline)) bool any(typename W::Mask mask) {
-  typename W::bits_t found = 0;
-  for (int64_t k = 0; k < W::kCount; ++k) found |= mask[k];
-  return found != 0;
+  typedef int64_t Halves __attribute__((vector_size(16)));
+  if constexpr (sizeof mask == 16) {
+    const Halves q = (Halves)mask;
+    return (q[0] | q[1]) != 0;
+  } else {
+    static_assert(sizeof mask == 32, "the Vec loops are at most 32 bytes wide (kSelectLoopBytes)");
+    typedef int64_t Quarters __attribute__((vector_size(32)));
+    const Quarters q = (Quarters)mask;
+    const Halves half = __builtin_shufflevector(q, q, 0, 1) | __builtin_shufflevector(q, q, 2, 3);
+    return (half[0] | half[1]) != 0;
+  }
 }
 
 // Adds to sums [kStrokePartials] segment g's sums over tile rows [r0, r1) and columns [c0, c1) (whole
@@ -415,11 +425,12 @@ std::tuple<at::Tensor, at::Tensor> stroke_forward_cpu(const at::Tensor& paths, c
   check_stroke_forward_layout(paths, sigmas, amps, height, width);
   raise_marker_flaws(find_flaws(paths, sigmas, amps, composite), Primitive::kStrokes);
   const int64_t batch = paths.size(0), n_strokes = paths.size(1), n_vertices = paths.size(2);
-  at::Tensor image = at::zeros({batch, height, width}, paths.options());
-  if (composite != kMax && n_strokes == 0) {
-    return {image, at::zeros({batch, kSoftStatePlanes, height, width}, paths.options())};
+  if (n_strokes == 0) {
+    at::Tensor image = at::zeros({batch, height, width}, paths.options());
+    if (composite != kMax) return {image, at::zeros({batch, kSoftStatePlanes, height, width}, paths.options())};
+    return {image, at::full({batch, height, width}, -1, paths.options().dtype(at::kInt))};
   }
-  if (n_strokes == 0) return {image, at::full({batch, height, width}, -1, paths.options().dtype(at::kInt))};
+  at::Tensor image = at::empty({batch, height, width}, paths.options());  // the kernel writes every pixel
   at::Tensor saved = composite == kMax ? at::empty({batch, height, width}, paths.options().dtype(at::kInt))
                                        : at::empty({batch, kSoftStatePlanes, height, width}, paths.options());
   const Tiling tiling = pixel_tiling(height, width);
