@@ -73,8 +73,8 @@ Composite parse_composite(c10::string_view composite, double temperature, Primit
   return static_cast<Composite>(mode);
 }
 
-void raise_bad_index(bool found, int64_t n_markers) {
-  TORCH_CHECK_VALUE(!found, message(kBadIndexBefore, n_markers, kBadIndexAfter));
+void raise_bad_index(bool found, int64_t n_markers, Primitive primitive) {
+  TORCH_CHECK_VALUE(!found, message(words(primitive).backward, ": ", kBadIndexBefore, n_markers, kBadIndexAfter));
 }
 
 namespace {

@@ -57,8 +57,9 @@ void check_forward_layout(const at::Tensor& means, const at::Tensor& sigmas, con
 void check_backward_layout(const at::Tensor& grad_image, const at::Tensor& means, const at::Tensor& sigmas,
                            const at::Tensor& amps, const at::Tensor& saved, Composite composite);
 
-// Raises the ValueError for a winner map that held a value outside [0, n_markers), when `found`.
-void raise_bad_index(bool found, int64_t n_markers);
+// Raises the ValueError for a winner map that held a value outside [0, n_markers), when `found`, in
+// the words of the primitive's backward op.
+void raise_bad_index(bool found, int64_t n_markers, Primitive primitive = Primitive::kMarkers);
 
 // stroke_forward's and stroke_backward's layouts: as the two above, with paths [B, S, P, 2] (P >= 1)
 // and sigmas, amps [B, S, P] in place of the markers; the winner map of kMax lies in [0, S max(P - 1, 1)).

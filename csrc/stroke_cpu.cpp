@@ -509,7 +509,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stroke_backward_cpu(const at::Ten
           std::copy_n(state + plane + offset, width, scratch.plane1.data() + r * stride);
         }
       }
-      raise_bad_index(!valid, n_segments);  // at::parallel_for rethrows it
+      raise_bad_index(!valid, n_segments, Primitive::kStrokes);  // at::parallel_for rethrows it
       run_on_cpu_isa<BackwardTile>(&scratch, composite, &tile, stride, scalar_t(1.0 / temperature),
                                    partials.data() + item * n_segments * kStrokePartials);
     });

@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stroke_backward_cuda(const at::Te
         grad_sigmas.mutable_data_ptr<scalar_t>(), grad_amps.mutable_data_ptr<scalar_t>(),
         bad_index.mutable_data_ptr<int32_t>());
   });
-  if (check_index) raise_bad_index(bad_index.item<int32_t>() != 0, n_segments);  // one host sync
+  if (check_index) raise_bad_index(bad_index.item<int32_t>() != 0, n_segments, Primitive::kStrokes);  // one host sync
   return {grad_paths, grad_sigmas, grad_amps};
 }
 

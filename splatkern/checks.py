@@ -190,7 +190,8 @@ def check_values(means: torch.Tensor, sigmas: torch.Tensor, amps: torch.Tensor, 
     raise_marker_flaws(sum(FLAW_BIT[name] for name, flag in zip(found, flags, strict=True) if flag), messages)
 
 
-def raise_bad_index(found: bool, n_markers: int) -> None:
-    """The backward gathers markers by the winner map: a value outside [0, N) is an error."""
+def raise_bad_index(found: bool, n_markers: int, backward: str = "splat_backward") -> None:
+    """The backward gathers markers (or segments) by the winner map: a value outside [0, N) is an error,
+    in the words of the ``backward`` op."""
     if found:
-        raise ValueError(BAD_INDEX.format(n_markers=n_markers))
+        raise ValueError(f"{backward}: {BAD_INDEX.format(n_markers=n_markers)}")

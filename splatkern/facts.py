@@ -45,8 +45,9 @@ NO_DOUBLE_BACKWARD = (
     'use backend="reference" for second derivatives'
 )
 
-# The backward gathers markers by the winner map, so it rejects values outside [0, N).
-BAD_INDEX = "splat_backward: index holds values outside [0, {n_markers})"
+# The backward gathers markers (or segments) by the winner map, so it rejects values outside [0, N);
+# the error starts with the backward op's name: "splat_backward: " or "stroke_backward: ".
+BAD_INDEX = "index holds values outside [0, {n_markers})"
 
 # Per-axis exponents d^2 / (2 s^2) above these are flushed: their factor exp(-d^2 / (2 s^2)) would
 # fall below sqrt(smallest normal), so the product of two kept factors is a normal number and no
@@ -116,7 +117,7 @@ inline constexpr int64_t kSoftStatePlanes = {SOFT_STATE_PLANES};
 
 inline constexpr const char* kNoDoubleBackward = {_c_string(NO_DOUBLE_BACKWARD)};
 
-// The bad-index error is kBadIndexBefore + N + kBadIndexAfter.
+// The bad-index error is the backward op's name, ": ", kBadIndexBefore + N + kBadIndexAfter.
 inline constexpr const char* kBadIndexBefore = {_c_string(before_count)};
 inline constexpr const char* kBadIndexAfter = {_c_string(after_count)};
 

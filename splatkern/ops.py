@@ -53,10 +53,6 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
 _AVAILABLE: dict[str, tuple[str, ...]] = {}
 
 
-# The backends that draw strokes; the others are splat_render's alone.
-STROKE_BACKENDS = ("reference", "cpu", "cuda", "triton")
-
-
 # A constant to torch.compile: traced, a cached function warns the user (functools.cache) or adds
 # guards on the cache (a dict).
 @torch.compiler.assume_constant_result
@@ -303,10 +299,6 @@ def _check_arguments(op, height, width, composite, temperature, return_index, ba
 
 def _pick_backend(backend: str, device: torch.device, op: str = "splat_render") -> str:
     available = _available_backends(device.type)
-    if op == "stroke_render":
-        available = tuple(name for name in available if name in STROKE_BACKENDS)
-        if backend != "auto" and backend in _available_backends(device.type) and backend not in available:
-            raise ValueError(f"stroke_render: backend {backend!r} does not draw strokes yet; available: {list(available)}")
     if backend == "auto":
         # Warning is eager-only: traced, it would become part of the compiled graph.
         if _extension.LOAD_ERROR is not None and not torch.compiler.is_compiling():

@@ -535,5 +535,5 @@ def backward(
                 blocks_per_image, BLOCK_V=block_v, num_warps=4,
             )  # fmt: skip
     if bad_index is not None and not capturing:
-        raise_bad_index(bool(bad_index.item()), n_strokes * n_segments)  # the call's one host sync
+        raise_bad_index(bool(bad_index.item()), n_strokes * n_segments, "stroke_backward")  # the call's one host sync
     return grad_paths, grad_sigmas, grad_amps

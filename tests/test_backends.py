@@ -335,7 +335,7 @@ def test_backward_op_rejects_an_index_it_cannot_gather(device, backend):
     for bad in (3, -1):
         out_of_range = index.clone()
         out_of_range[1, 2, 3] = bad
-        with pytest.raises(ValueError, match=re.escape(BAD_INDEX.format(n_markers=3))):
+        with pytest.raises(ValueError, match=re.escape(f"splat_backward: {BAD_INDEX.format(n_markers=3)}")):
             backward(grad_image, means, sigmas, amps, out_of_range, False)
     with pytest.raises(TypeError, match="index must be int32"):
         backward(grad_image, means, sigmas, amps, index.long(), False)

@@ -97,7 +97,7 @@ def test_cpp_bad_index_error_is_the_fact():
     index[0, 1, 1] = 3
     message = raised(ValueError, lambda: torch.ops.splatkern.splat_backward(
         torch.ones_like(image), means, sigmas, amps, index, False))
-    assert message == facts.BAD_INDEX.format(n_markers=3)
+    assert message == f"splat_backward: {facts.BAD_INDEX.format(n_markers=3)}"
 
 
 def test_cpp_double_backward_error_is_the_fact():

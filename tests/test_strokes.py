@@ -16,15 +16,12 @@ from hypothesis import strategies as st
 
 import splatkern
 from splatkern.checks import compute_dtype
-from splatkern.facts import (BAD_TEMPERATURE, COMPOSITES, FLAW_BIT, FLUSH_EXPONENT, INDEX_NEEDS_MAX,
+from splatkern.facts import (BAD_INDEX, BAD_TEMPERATURE, COMPOSITES, FLAW_BIT, FLUSH_EXPONENT, INDEX_NEEDS_MAX,
                              STROKE_FLAW_MESSAGES, UNIT_AMP_COMPOSITES, UNKNOWN_COMPOSITE)
-from splatkern.ops import STROKE_BACKENDS
 from splatkern.stroke_reference import stroke_render_reference
 from splatkern.testing import NEAR_TIE, measure_close
 from support import FUSED_CASES, TOLERANCES, make_strokes, measure_grads, random_like_image, require
 
-# The fused backends that draw strokes; the others are filtered out, not skipped.
-STROKE_CASES = [case for case in FUSED_CASES if case.values[1] in STROKE_BACKENDS]
 STROKE_OPS = {"cpu": ("stroke_forward", "stroke_backward"), "cuda": ("stroke_forward", "stroke_backward"),
               "triton": ("stroke_forward_triton", "stroke_backward_triton")}
 # (batch shape, S, P, height, width): one vertex (markers), a few strokes, the gesture model's one
@@ -101,7 +98,7 @@ def assert_matches_reference(backend, device, dtype, shape, composite, *, determ
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, [*s[0], *s[1:]])))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in STROKE_CASES])
+@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
 def test_fused_backends_match_the_oracle(device, backend, composite, dtype, shape):
     require(device, backend)
     if backend == "triton" and device == "cpu" and (dtype not in (torch.float32, torch.float64) or shape[3] > 40):
@@ -119,7 +116,7 @@ def test_reference_backend_is_the_oracle_through_the_op():
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in STROKE_CASES])
+@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
 def test_gradcheck(device, backend, composite):
     """Finite differences of the fused op in float64, on strokes with distinct values everywhere."""
     require(device, backend)
@@ -135,7 +132,7 @@ def test_gradcheck(device, backend, composite):
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in STROKE_CASES])
+@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
 def test_opcheck(device, backend, composite):
     require(device, backend)
     forward_name, backward_name = STROKE_OPS[backend]
@@ -148,7 +145,7 @@ def test_opcheck(device, backend, composite):
                                      True, composite, 0.5))
 
 
-@pytest.mark.parametrize("device,backend", [case.values for case in STROKE_CASES])
+@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
 def test_compile_and_func_give_eager_results(device, backend):
     require(device, backend)
     paths, sigmas, amps = make_strokes((2,), 2, 5, 12, 13, device=device, unit_amps=True)
@@ -167,7 +164,7 @@ def test_compile_and_func_give_eager_results(device, backend):
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in STROKE_CASES])
+@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
 def test_deterministic_repeats_are_bit_identical(device, backend, composite):
     require(device, backend)
     inputs = make_strokes((3,), 4, 6, 30, 31, device=device, unit_amps=True, seed=5)
@@ -183,7 +180,7 @@ def test_deterministic_repeats_are_bit_identical(device, backend, composite):
 
 
 def fused_backends():
-    return [case.values for case in STROKE_CASES] + [("cpu", "reference")]
+    return [case.values for case in FUSED_CASES] + [("cpu", "reference")]
 
 
 @pytest.mark.parametrize("device,backend", fused_backends())
@@ -292,7 +289,7 @@ def test_bad_arguments_raise_errors_naming_them():
             call(*args, **kwargs)
 
 
-@pytest.mark.parametrize("backend", ["reference", *(case.values[1] for case in STROKE_CASES if case.values[0] == "cpu")])
+@pytest.mark.parametrize("backend", ["reference", *(case.values[1] for case in FUSED_CASES if case.values[0] == "cpu")])
 @pytest.mark.parametrize("flaw", list(FLAW_BIT))
 def test_bad_values_raise_stroke_renders_errors(backend, flaw):
     require("cpu", backend)
@@ -310,19 +307,10 @@ def test_bad_values_raise_stroke_renders_errors(backend, flaw):
         splatkern.stroke_render(paths, sigmas, amps, height=5, width=6, backend=backend, composite=composite)
 
 
-def test_a_backend_without_strokes_says_so():
-    missing = [name for name in splatkern.available_backends("cpu") if name not in STROKE_BACKENDS]
-    paths, sigmas, amps = make_strokes((1,), 1, 2, 4, 4)
-    for name in missing:
-        with pytest.raises(ValueError, match=re.escape(f"stroke_render: backend {name!r} does not draw strokes yet")):
-            splatkern.stroke_render(paths, sigmas, amps, height=4, width=4, backend=name)
-    assert "cpu" in STROKE_BACKENDS and "reference" in STROKE_BACKENDS
-
-
 def test_a_corrupted_winner_map_is_refused():
     require("cpu", "cpu")
     paths, sigmas, amps = make_strokes((1,), 2, 3, 5, 6)
     image, index = torch.ops.splatkern.stroke_forward(paths, sigmas, amps, 5, 6, False)
     index[0, 2, 2] = 4  # S max(P - 1, 1) = 4 segments: ids 0..3
-    with pytest.raises(ValueError, match=re.escape("splat_backward: index holds values outside [0, 4)")):
+    with pytest.raises(ValueError, match=re.escape(f"stroke_backward: {BAD_INDEX.format(n_markers=4)}")):
         torch.ops.splatkern.stroke_backward(torch.ones_like(image), paths, sigmas, amps, index, False)

@@ -188,10 +188,12 @@ def test_matches_reference(emulator, composite, temperature, shape, dtype, deter
 PARTIALS_ROW_BYTES = 2 * 12 * 4 * 11 * 4
 
 
-# blocks per image: one per tile (6 tiles, within the op's bound), or partials bounded to fewer rows,
-# each block then taking several tiles in turn (4 blocks: two take 2 tiles, two take 1).
-@pytest.mark.parametrize("blocks", [6, 4, 1])
-@pytest.mark.parametrize("composite, temperature", MODES, ids=lambda m: str(m))
+# blocks per image: one per tile (6 tiles, within the op's bound) in every mode; partials bounded to fewer
+# rows, each block then taking several tiles in turn (4 blocks: two take 2 tiles, two take 1; or 1 block),
+# in two modes (the loop over tiles is the same code in all four).
+@pytest.mark.parametrize("composite, temperature, blocks",
+                         [(*mode, 6) for mode in MODES] + [("max", 1.0, 4), ("smoothmax", 0.3, 1)],
+                         ids=lambda m: str(m))
 def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator, composite, temperature, blocks):
     """Several tiles and backward chunks per image: the deterministic backward gives the same bits under
     every schedule of the emulator's threads, however many tiles a block takes, and the atomic backward
@@ -201,7 +203,7 @@ def test_deterministic_backward_keeps_its_bits_in_any_thread_order(emulator, com
     partials_bytes = 0 if blocks == 6 else blocks * PARTIALS_ROW_BYTES
     grads = {False: [], True: []}
     try:
-        for seed in (0, 1, 2):
+        for seed in (0, 1):
             emulator.set_schedule_seed(seed)
             for deterministic in (False, True):
                 leaves = [t.clone().requires_grad_() for t in inputs]
