@@ -44,10 +44,11 @@ struct Box {
 };
 
 // One segment as the kernels read it: a = vertex k, b = vertex min(k + 1, P - 1), d = b - a,
-// inv_length2 = 1 / |d|^2 (0 where a = b: t = 0), sigma(t) = sigma + t dsigma, amp(t) = amp + t damp.
+// inv_length2 = 1 / |d|^2 (0 where a = b: t = 0), sigma(t) = sigma + t dsigma, amp(t) = amp + t damp;
+// t0 = u . d / |d|^2 = ux tx + uy ty with (tx, ty) = d / |d|^2.
 template <typename scalar_t>
 struct Segment {
-  scalar_t ax, ay, dx, dy, inv_length2, sigma, dsigma, amp, damp;
+  scalar_t ax, ay, dx, dy, tx, ty, sigma, dsigma, amp, damp;
   Box box;  // where the value may be nonzero
 };
 
@@ -75,7 +76,9 @@ struct Strokes {
         g.dx = paths[2 * vb] - g.ax;
         g.dy = paths[2 * vb + 1] - g.ay;
         const scalar_t length2 = g.dx * g.dx + g.dy * g.dy;
-        g.inv_length2 = length2 > scalar_t(0) ? scalar_t(1) / length2 : scalar_t(0);
+        const scalar_t inv_length2 = length2 > scalar_t(0) ? scalar_t(1) / length2 : scalar_t(0);
+        g.tx = g.dx * inv_length2;
+        g.ty = g.dy * inv_length2;
         g.sigma = sigmas[va];
         g.dsigma = sigmas[vb] - sigmas[va];
         g.amp = amps[va];
@@ -110,9 +113,10 @@ inline __attribute__((always_inline)) SegmentAt<W> segment_at(const Segment<scal
   SegmentAt<W> at;
   at.ux = px - g.ax;
   at.uy = W::splat(y - g.ay);
-  const V t0 = (at.ux * g.dx + at.uy * g.dy) * g.inv_length2;
+  const V t0 = at.ux * g.tx + (y - g.ay) * g.ty;  // the row's part is one number
   at.inside = (t0 > scalar_t(0)) & (t0 < scalar_t(1));
-  at.t = t0 > scalar_t(0) ? (t0 < scalar_t(1) ? t0 : W::splat(1)) : W::splat(0);
+  const V low = t0 > scalar_t(0) ? t0 : W::splat(0);  // a NaN-free clamp: max, then min
+  at.t = low < scalar_t(1) ? low : W::splat(1);
   at.rx = at.ux - at.t * g.dx;
   at.ry = at.uy - at.t * g.dy;
   at.inv_sigma = scalar_t(1) / (g.sigma + at.t * g.dsigma);
@@ -122,29 +126,42 @@ inline __attribute__((always_inline)) SegmentAt<W> segment_at(const Segment<scal
   return at;
 }
 
-// Stroke s's value at row y, columns [c, c + lanes) and the segment attaining it (ties: the lowest).
-template <typename W, typename scalar_t>
+// Stroke s's value at row y, columns [c, c + U lanes) in U vectors, and the segment attaining it
+// (ties: the lowest). Several vectors per segment share its loads and give the core independent work.
+template <typename W, int64_t U, typename scalar_t>
 inline __attribute__((always_inline)) void stroke_at(const Strokes<scalar_t>& strokes, int64_t s, int64_t y, int64_t c,
-                                                     typename W::V& value, typename W::Mask& segment) {
+                                                     typename W::V (&value)[U], typename W::Mask (&segment)[U]) {
   using V = typename W::V;
   using Mask = typename W::Mask;
-  value = W::splat(0);
-  segment = Mask{};
-  if (!strokes.boxes[s].meets(y, c, W::kCount)) return;  // every segment flushed: 0, segment 0
-  const V px = W::iota() + scalar_t(c);
-  value = W::splat(-std::numeric_limits<scalar_t>::infinity());
+  constexpr int64_t kLanes = U * W::kCount;
+  for (int64_t u = 0; u < U; ++u) {
+    value[u] = W::splat(0);
+    segment[u] = Mask{};
+  }
+  if (!strokes.boxes[s].meets(y, c, kLanes)) return;  // every segment flushed: 0, segment 0
+  for (int64_t u = 0; u < U; ++u) value[u] = W::splat(-std::numeric_limits<scalar_t>::infinity());
   const Segment<scalar_t>* segments = strokes.segments.data() + s * strokes.n_segments;
   for (int64_t k = 0; k < strokes.n_segments; ++k) {
-    V v = W::splat(0);
-    if (segments[k].box.meets(y, c, W::kCount)) {
-      const SegmentAt<W> at = segment_at<W>(segments[k], px, scalar_t(y));
-      v = at.amp * at.e;
+    V v[U];
+    if (segments[k].box.meets(y, c, kLanes)) {
+      for (int64_t u = 0; u < U; ++u) {
+        const SegmentAt<W> at = segment_at<W>(segments[k], W::iota() + scalar_t(c + u * W::kCount), scalar_t(y));
+        v[u] = at.amp * at.e;
+      }
+    } else {
+      for (int64_t u = 0; u < U; ++u) v[u] = W::splat(0);
     }
-    const Mask takes = v > value;
-    value = takes ? v : value;
-    segment = takes ? Mask{} + typename W::bits_t(k) : segment;
+    for (int64_t u = 0; u < U; ++u) {
+      const Mask takes = v[u] > value[u];
+      value[u] = takes ? v[u] : value[u];
+      segment[u] = takes ? Mask{} + typename W::bits_t(k) : segment[u];
+    }
   }
 }
+
+// Pixel vectors the forward computes together (stroke_at's U): two share each segment's loads and
+// give the core two independent chains; four run out of registers.
+constexpr int64_t kForwardVectors = 2;
 
 template <typename T, int64_t kLanes>
 inline __attribute__((always_inline)) void store_lanes(T* out, const T* lanes, int64_t count) {
@@ -161,61 +178,72 @@ inline __attribute__((always_inline)) void forward_rows(const Strokes<scalar_t>&
   using V = typename W::V;
   using Mask = typename W::Mask;
   typedef int32_t Index __attribute__((vector_size(W::kCount * 4)));
+  constexpr int64_t U = kForwardVectors;
   const scalar_t inv_t = scalar_t(1) / temperature;
   const int64_t per_stroke = strokes.n_segments;
   for (int64_t y = row0; y < row0 + rows; ++y) {
-    for (int64_t c = 0; c < width; c += W::kCount) {
-      const int64_t p = y * width + c, count = width - c;
-      V a = W::splat(kMode == kMax || kMode == kSmoothmax ? -std::numeric_limits<scalar_t>::infinity() : scalar_t(1));
-      V b = W::splat(0), q = W::splat(1), z = W::splat(0);
-      Mask winner{};
+    for (int64_t c = 0; c < width; c += U * W::kCount) {
+      V a[U], b[U], q[U], z[U];
+      Mask winner[U];
+      for (int64_t u = 0; u < U; ++u) {
+        a[u] = W::splat(kMode == kMax || kMode == kSmoothmax ? -std::numeric_limits<scalar_t>::infinity() : scalar_t(1));
+        b[u] = W::splat(0), q[u] = W::splat(1), z[u] = W::splat(0);
+        winner[u] = Mask{};
+      }
       // max: a = best, winner; softor: q, z (Q and Z); over: a = T, b = out, q, z;
       // smoothmax: a = M, b = sum w, z = sum w v, w = exp((v - M) / t) (an online softmax)
       for (int64_t s = 0; s < strokes.n_strokes; ++s) {
-        V v;
-        Mask segment;
-        stroke_at<W>(strokes, s, y, c, v, segment);
-        if constexpr (kMode == kMax) {
-          const Mask takes = v > a;
-          a = takes ? v : a;
-          winner = takes ? segment + typename W::bits_t(s * per_stroke) : winner;
-        } else if constexpr (kMode == kSmoothmax) {
-          const V top = v > a ? v : a;
-          const V rescale = W::flushed_exp_neg((top - a) * inv_t, W::splat(1));
-          const V w = W::flushed_exp_neg((top - v) * inv_t, W::splat(1));
-          b = b * rescale + w;
-          z = z * rescale + w * v;
-          a = top;
-        } else {
-          const V factor = scalar_t(1) - v;
-          const Mask zero = factor == scalar_t(0);
-          if constexpr (kMode == kOver) {
-            b += v * a;
-            a *= factor;
+        V vs[U];
+        Mask segment[U];
+        stroke_at<W, U>(strokes, s, y, c, vs, segment);
+        for (int64_t u = 0; u < U; ++u) {
+          const V v = vs[u];
+          if constexpr (kMode == kMax) {
+            const Mask takes = v > a[u];
+            a[u] = takes ? v : a[u];
+            winner[u] = takes ? segment[u] + typename W::bits_t(s * per_stroke) : winner[u];
+          } else if constexpr (kMode == kSmoothmax) {
+            const V top = v > a[u] ? v : a[u];
+            const V rescale = W::flushed_exp_neg((top - a[u]) * inv_t, W::splat(1));
+            const V w = W::flushed_exp_neg((top - v) * inv_t, W::splat(1));
+            b[u] = b[u] * rescale + w;
+            z[u] = z[u] * rescale + w * v;
+            a[u] = top;
+          } else {
+            const V factor = scalar_t(1) - v;
+            const Mask zero = factor == scalar_t(0);
+            if constexpr (kMode == kOver) {
+              b[u] += v * a[u];
+              a[u] *= factor;
+            }
+            q[u] *= zero ? W::splat(1) : factor;
+            z[u] += zero ? W::splat(1) : W::splat(0);
           }
-          q *= zero ? W::splat(1) : factor;
-          z += zero ? W::splat(1) : W::splat(0);
         }
       }
-      if constexpr (kMode == kMax) {
-        const Index winner32 = __builtin_convertvector(winner, Index);
-        store_lanes<scalar_t, W::kCount>(image + p, reinterpret_cast<const scalar_t*>(&a), count);
-        store_lanes<int32_t, W::kCount>(index + p, reinterpret_cast<const int32_t*>(&winner32), count);
-        continue;
+      for (int64_t u = 0; u < U; ++u) {
+        const int64_t p = y * width + c + u * W::kCount, count = width - c - u * W::kCount;
+        if (count <= 0) break;
+        if constexpr (kMode == kMax) {
+          const Index winner32 = __builtin_convertvector(winner[u], Index);
+          store_lanes<scalar_t, W::kCount>(image + p, reinterpret_cast<const scalar_t*>(&a[u]), count);
+          store_lanes<int32_t, W::kCount>(index + p, reinterpret_cast<const int32_t*>(&winner32), count);
+          continue;
+        }
+        V out, first = q[u], second = z[u];
+        if constexpr (kMode == kSoftor) {
+          out = z[u] > scalar_t(0) ? W::splat(1) : scalar_t(1) - q[u];
+        } else if constexpr (kMode == kOver) {
+          out = b[u];
+        } else {
+          out = z[u] / b[u];  // b >= 1: the max's own weight
+          for (int64_t k = 0; k < W::kCount; ++k) first[k] = a[u][k] + temperature * std::log(b[u][k]);  // L
+          second = out;
+        }
+        store_lanes<scalar_t, W::kCount>(image + p, reinterpret_cast<const scalar_t*>(&out), count);
+        store_lanes<scalar_t, W::kCount>(plane + p, reinterpret_cast<const scalar_t*>(&first), count);
+        store_lanes<scalar_t, W::kCount>(plane + plane_size + p, reinterpret_cast<const scalar_t*>(&second), count);
       }
-      V out, first = q;
-      if constexpr (kMode == kSoftor) {
-        out = z > scalar_t(0) ? W::splat(1) : scalar_t(1) - q;
-      } else if constexpr (kMode == kOver) {
-        out = b;
-      } else {
-        out = z / b;  // b >= 1: the max's own weight
-        for (int64_t k = 0; k < W::kCount; ++k) first[k] = a[k] + temperature * std::log(b[k]);  // L
-        z = out;
-      }
-      store_lanes<scalar_t, W::kCount>(image + p, reinterpret_cast<const scalar_t*>(&out), count);
-      store_lanes<scalar_t, W::kCount>(plane + p, reinterpret_cast<const scalar_t*>(&first), count);
-      store_lanes<scalar_t, W::kCount>(plane + plane_size + p, reinterpret_cast<const scalar_t*>(&z), count);
     }
   }
 }
@@ -376,13 +404,13 @@ inline __attribute__((always_inline)) void backward_tile(StrokeScratch<scalar_t>
       for (int64_t r = stroke_span.r0; r < stroke_span.r1; ++r) {
         for (int64_t c = stroke_span.c0; c < stroke_span.c1; c += W::kCount) {
           const int64_t p = r * stride + c;
-          V v;
-          Mask segment;
-          stroke_at<W>(strokes, s, tile.row0 + r, c, v, segment);
-          W::store(scratch.h.data() + p, soft_derivative<W, kMode>(v, W::load(scratch.grad.data() + p),
+          V v[1];
+          Mask segment[1];
+          stroke_at<W, 1>(strokes, s, tile.row0 + r, c, v, segment);
+          W::store(scratch.h.data() + p, soft_derivative<W, kMode>(v[0], W::load(scratch.grad.data() + p),
                                                                    W::load(scratch.plane0.data() + p),
                                                                    W::load(scratch.plane1.data() + p), inv_t));
-          std::memcpy(scratch.ids.data() + p, &segment, sizeof segment);
+          std::memcpy(scratch.ids.data() + p, &segment[0], sizeof segment[0]);
         }
       }
       h_table = scratch.h.data();
