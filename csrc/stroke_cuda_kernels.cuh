@@ -26,7 +26,7 @@
 // sum to the image's per-segment sums with one atomic per term; deterministic=true adds it to the
 // block's own row partials[block][segment], which stroke_finish_kernel adds in block order. A
 // deterministic block takes one tile, or several in turn where a row per tile would pass
-// kStrokePartialsBytes. stroke_finish_kernel then turns each stroke's segment sums into its
+// kDeterministicPartialsBytes. stroke_finish_kernel then turns each stroke's segment sums into its
 // vertices' gradients, in segment order.
 #pragma once
 
@@ -472,11 +472,6 @@ scalar_t stroke_reach_per_sigma() {
   return scalar_t(std::sqrt(2.0 * double(kFlushExponent<scalar_t>)));
 }
 
-// The deterministic backward's partials take at most this many bytes, or one row per image if that
-// is more (as many as the atomic sums). One row per tile would take B tiles S K kStrokeTerms scalars:
-// 1.3 GB for B = 64, S = 16, P = 8 at 1024 x 1024 in float32, where the atomic sums take 315 KB.
-constexpr int64_t kStrokePartialsBytes = int64_t(64) << 20;
-
 // How the backward's blocks cover an image: blocks_per_image blocks, each taking every
 // blocks_per_image-th tile; and its sums, `rows` of S K kStrokeTerms scalars per image: the
 // image's per-segment sums (atomic, rows = 1, one block per tile) or each block's (deterministic).
@@ -488,7 +483,7 @@ struct StrokeBackwardPlan {
 // atomics; the plan depends on the shapes and dtype alone, and so do the gradients' bits.
 template <typename scalar_t>
 StrokeBackwardPlan stroke_backward_plan(bool deterministic, int64_t batch, int64_t height, int64_t width,
-                                        int64_t n_segments, int64_t partials_bytes = kStrokePartialsBytes) {
+                                        int64_t n_segments, int64_t partials_bytes = kDeterministicPartialsBytes) {
   const int64_t tiles = stroke_grid(height, width).tiles_per_image, row = n_segments * kStrokeTerms;
   if (!deterministic) return {tiles, 1, batch * row};
   const int64_t fit = partials_bytes / (batch * row * int64_t(sizeof(scalar_t)));

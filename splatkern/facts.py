@@ -38,6 +38,11 @@ INDEX_NEEDS_MAX = "return_index=True needs composite='max' (the other modes have
 # The fused forward of a soft composite returns, beside the image, the per-pixel state its backward
 # reads, [B, SOFT_STATE_PLANES, H, W] (csrc/splat.cpp states what each plane holds).
 SOFT_STATE_PLANES = 2
+# The deterministic stroke backwards (CUDA, Triton) sum per block of tiles, each block its own row of
+# per-segment partials, added in block order after; the rows take at most this many bytes, or one row
+# per image where that is more (as many as the atomic sums). One row per tile would take
+# B x tiles x S K x terms scalars: 1.3 GB for B = 64, S = 16, P = 8 at 1024 x 1024 in float32.
+DETERMINISTIC_PARTIALS_BYTES = 64 << 20
 
 # The fused backends' backward has no derivative: differentiating it again raises NotImplementedError.
 NO_DOUBLE_BACKWARD = (
@@ -114,6 +119,8 @@ inline constexpr const char* kUnknownComposite = {_c_string(UNKNOWN_COMPOSITE)};
 inline constexpr const char* kBadTemperature = {_c_string(BAD_TEMPERATURE)};
 // The planes of a soft composite's per-pixel state (csrc/splat.cpp).
 inline constexpr int64_t kSoftStatePlanes = {SOFT_STATE_PLANES};
+// The deterministic stroke backwards' partial sums take at most this many bytes (facts.py).
+inline constexpr int64_t kDeterministicPartialsBytes = {DETERMINISTIC_PARTIALS_BYTES};
 
 inline constexpr const char* kNoDoubleBackward = {_c_string(NO_DOUBLE_BACKWARD)};
 

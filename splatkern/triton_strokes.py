@@ -24,15 +24,17 @@ more (for rounding): a program skips every segment whose box misses its tile, an
   the state ``[B, 2, H, W]``: ``Q, Z``, or ``L = M + t log sum w`` and the image). The first tile of
   each image checks the strokes' values (``_check_values``) into a flag word, read back with one host
   sync.
-* Backward: one program per (batch item, tile). A pixel's gradient reaches one segment per stroke,
+* Backward: one program per (batch item, tile), or with ``deterministic=True`` per (batch item, block
+  of tiles), few enough blocks that their partial sums stay within
+  ``facts.DETERMINISTIC_PARTIALS_BYTES``. A pixel's gradient reaches one segment per stroke,
   the one that won the stroke's max there, as ``h = g d out / d v_s``: for ``"max"`` the winner map
   names it (and ``h = g``); for the soft composites the program recomputes each stroke's value and
   winning segment, and takes ``d out / d v_s`` from the saved state. Per segment meeting the tile and
   winning a pixel of it, the tile's sums of the closed-form derivatives (stroke_reference.py) give
   eight gradients (``d/d a``, ``d/d b``, ``d/d sigma_{a,b}``, ``d/d amp_{a,b}``), which go to the
-  segment's two vertices with atomics, or, with ``deterministic=True``, to a zeroed per-(tile,
-  segment) buffer that ``_sum_partials_kernel`` adds in tile order, then segment order, into each
-  vertex (bit-identical run to run). Winner-map values outside ``[0, S K)`` are flagged (the launcher
+  segment's two vertices with atomics, or, with ``deterministic=True``, to its block's row of a zeroed
+  per-(block, segment) buffer, the block's tiles added in order, which ``_sum_partials_kernel`` adds
+  in block order, then segment order, into each vertex (bit-identical run to run). Winner-map values outside ``[0, S K)`` are flagged (the launcher
   raises) and match no segment.
 
 Sums are kept in the inputs' dtype. ``1 / t`` is read from a one-element tensor of the paths' dtype:
@@ -59,6 +61,7 @@ from splatkern.checks import (
 )
 from splatkern.facts import (
     COMPOSITES,
+    DETERMINISTIC_PARTIALS_BYTES,
     SOFT_STATE_PLANES,
     STROKE_FLAW_MESSAGES,
     UNIT_AMP_COMPOSITES,
@@ -272,6 +275,7 @@ def _backward_kernel(
     width,
     tiles_across,
     tiles_per_image,
+    blocks_per_image,
     FLUSH: tl.constexpr,
     REACH: tl.constexpr,
     COMPOSITE: tl.constexpr,
@@ -280,95 +284,91 @@ def _backward_kernel(
     BLOCK_W: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b = (pid // tiles_per_image).to(tl.int64)
-    tile = pid % tiles_per_image
+    b = (pid // blocks_per_image).to(tl.int64)
+    block = pid % blocks_per_image
     dtype = paths_ptr.dtype.element_ty
-    rows, cols, x0, x1, y0, y1 = _tile(tile, tiles_across, dtype, BLOCK_H, BLOCK_W)
     flush = tl.full([], FLUSH, dtype)
     vertex_base = b * n_strokes * n_vertices
     all_segments = n_strokes * n_segments
     pixels = height * width
-    offsets = rows * width + cols
-    inside = (rows < height) & (cols < width)
-    # 0 outside the image: every h there is 0, whatever stands in for the state
-    g = tl.load(grad_image_ptr + b * pixels + offsets, mask=inside, other=0.0)
-    y, x = rows.to(dtype), cols.to(dtype)
-    if COMPOSITE == _MAX:
-        index = tl.load(saved_ptr + b * pixels + offsets, mask=inside, other=-1)
-        bad = inside & ((index < 0) | (index >= all_segments))
-        any_bad = tl.max(tl.max(bad.to(tl.int32), 1), 0)
-        tl.atomic_or(bad_index_ptr, any_bad, mask=any_bad != 0)
-    else:
-        state_offsets = b * (_STATE_PLANES * pixels) + offsets
-        plane_0 = tl.load(saved_ptr + state_offsets, mask=inside, other=0.0)
-        plane_1 = tl.load(saved_ptr + state_offsets + pixels, mask=inside, other=0.0)
-        if COMPOSITE == _SMOOTHMAX:
-            inv_t = tl.load(inv_t_ptr)
-
-    tile_partials = (b * tiles_per_image + tile) * _SEGMENT_GRADS * all_segments
-    for s in range(0, n_strokes):
-        stroke_base = vertex_base + s * n_vertices
+    block_partials = (b * blocks_per_image + block) * _SEGMENT_GRADS * all_segments
+    for tile in range(block, tiles_per_image, blocks_per_image):  # every blocks_per_image-th tile, in order
+        rows, cols, x0, x1, y0, y1 = _tile(tile, tiles_across, dtype, BLOCK_H, BLOCK_W)
+        offsets = rows * width + cols
+        inside = (rows < height) & (cols < width)
+        # 0 outside the image: every h there is 0, whatever stands in for the state
+        g = tl.load(grad_image_ptr + b * pixels + offsets, mask=inside, other=0.0)
+        y, x = rows.to(dtype), cols.to(dtype)
         if COMPOSITE == _MAX:
-            h = g
-            won_by = index - s * n_segments  # in [0, K) where a segment of this stroke won the pixel
+            index = tl.load(saved_ptr + b * pixels + offsets, mask=inside, other=-1)
+            bad = inside & ((index < 0) | (index >= all_segments))
+            any_bad = tl.max(tl.max(bad.to(tl.int32), 1), 0)
+            tl.atomic_or(bad_index_ptr, any_bad, mask=any_bad != 0)
         else:
-            v, won_by = _stroke_value(paths_ptr, sigmas_ptr, amps_ptr, stroke_base, n_vertices, n_segments, x, y,
-                                      x0, x1, y0, y1, flush, REACH, BLOCK_H, BLOCK_W)
-            if COMPOSITE == _SMOOTHMAX:  # plane 0 = L, plane 1 = out; L >= v up to rounding: clamped
-                h = g * _smoothmax_weight(tl.maximum(plane_0, v), v, inv_t, flush) * (1.0 + (v - plane_1) * inv_t)
-            else:  # plane 0 = Q, plane 1 = Z
-                factor = 1.0 - v
-                zero = factor == 0.0
-                h = g * tl.where(plane_1 == 0.0, plane_0 / tl.where(zero, 1.0, factor),
-                                 tl.where((plane_1 == 1.0) & zero, plane_0, 0.0))  # fmt: skip
-        for k in range(0, n_segments):
-            ax, ay, dx, dy, inv_length2, sigma, dsigma, amp, damp, meets = _segment(
-                paths_ptr, sigmas_ptr, amps_ptr, stroke_base, n_vertices, k, x0, x1, y0, y1, REACH)
-            if meets:
-                won = won_by == k
-                if tl.max(tl.max(won.to(tl.int32), 1), 0) != 0:
-                    t, rx, ry, ux, uy, inv_sigma, amp_t, e, moving = _segment_at(
-                        x, y, ax, ay, dx, dy, inv_length2, sigma, dsigma, amp, damp, flush)
-                    he = tl.where(won, h, 0.0) * e
-                    inv_s2 = inv_sigma * inv_sigma
-                    big_g = he * amp_t * (rx * rx + ry * ry) * inv_s2 * inv_sigma  # d value / d sigma(t)
-                    big_c = he * amp_t * inv_s2
-                    dv_dt = tl.where(moving, he * damp + big_g * dsigma, 0.0)  # V
-                    one_minus_t = 1.0 - t
-                    sum_v = tl.sum(tl.sum(dv_dt, 1), 0)
-                    sum_vwx = tl.sum(tl.sum(dv_dt * (ux - 2.0 * t * dx), 1), 0)
-                    sum_vwy = tl.sum(tl.sum(dv_dt * (uy - 2.0 * t * dy), 1), 0)
-                    grads = (
-                        tl.sum(tl.sum(one_minus_t * big_c * rx, 1), 0) + (-dx * sum_v - sum_vwx) * inv_length2,
-                        tl.sum(tl.sum(one_minus_t * big_c * ry, 1), 0) + (-dy * sum_v - sum_vwy) * inv_length2,
-                        tl.sum(tl.sum(t * big_c * rx, 1), 0) + sum_vwx * inv_length2,
-                        tl.sum(tl.sum(t * big_c * ry, 1), 0) + sum_vwy * inv_length2,
-                        tl.sum(tl.sum(one_minus_t * big_g, 1), 0),
-                        tl.sum(tl.sum(t * big_g, 1), 0),
-                        tl.sum(tl.sum(one_minus_t * he, 1), 0),
-                        tl.sum(tl.sum(t * he, 1), 0),
-                    )
-                    if DETERMINISTIC:
-                        at = partials_ptr + tile_partials + s * n_segments + k
-                        tl.store(at, grads[0])
-                        tl.store(at + all_segments, grads[1])
-                        tl.store(at + 2 * all_segments, grads[2])
-                        tl.store(at + 3 * all_segments, grads[3])
-                        tl.store(at + 4 * all_segments, grads[4])
-                        tl.store(at + 5 * all_segments, grads[5])
-                        tl.store(at + 6 * all_segments, grads[6])
-                        tl.store(at + 7 * all_segments, grads[7])
-                    else:
-                        va = stroke_base + k
-                        vb = stroke_base + tl.minimum(k + 1, n_vertices - 1)
-                        tl.atomic_add(grad_paths_ptr + 2 * va, grads[0], sem="relaxed")
-                        tl.atomic_add(grad_paths_ptr + 2 * va + 1, grads[1], sem="relaxed")
-                        tl.atomic_add(grad_paths_ptr + 2 * vb, grads[2], sem="relaxed")
-                        tl.atomic_add(grad_paths_ptr + 2 * vb + 1, grads[3], sem="relaxed")
-                        tl.atomic_add(grad_sigmas_ptr + va, grads[4], sem="relaxed")
-                        tl.atomic_add(grad_sigmas_ptr + vb, grads[5], sem="relaxed")
-                        tl.atomic_add(grad_amps_ptr + va, grads[6], sem="relaxed")
-                        tl.atomic_add(grad_amps_ptr + vb, grads[7], sem="relaxed")
+            state_offsets = b * (_STATE_PLANES * pixels) + offsets
+            plane_0 = tl.load(saved_ptr + state_offsets, mask=inside, other=0.0)
+            plane_1 = tl.load(saved_ptr + state_offsets + pixels, mask=inside, other=0.0)
+            if COMPOSITE == _SMOOTHMAX:
+                inv_t = tl.load(inv_t_ptr)
+
+        for s in range(0, n_strokes):
+            stroke_base = vertex_base + s * n_vertices
+            if COMPOSITE == _MAX:
+                h = g
+                won_by = index - s * n_segments  # in [0, K) where a segment of this stroke won the pixel
+            else:
+                v, won_by = _stroke_value(paths_ptr, sigmas_ptr, amps_ptr, stroke_base, n_vertices, n_segments, x, y,
+                                          x0, x1, y0, y1, flush, REACH, BLOCK_H, BLOCK_W)
+                if COMPOSITE == _SMOOTHMAX:  # plane 0 = L, plane 1 = out; L >= v up to rounding: clamped
+                    h = g * _smoothmax_weight(tl.maximum(plane_0, v), v, inv_t, flush) * (1.0 + (v - plane_1) * inv_t)
+                else:  # plane 0 = Q, plane 1 = Z
+                    factor = 1.0 - v
+                    zero = factor == 0.0
+                    h = g * tl.where(plane_1 == 0.0, plane_0 / tl.where(zero, 1.0, factor),
+                                     tl.where((plane_1 == 1.0) & zero, plane_0, 0.0))  # fmt: skip
+            for k in range(0, n_segments):
+                ax, ay, dx, dy, inv_length2, sigma, dsigma, amp, damp, meets = _segment(
+                    paths_ptr, sigmas_ptr, amps_ptr, stroke_base, n_vertices, k, x0, x1, y0, y1, REACH)
+                if meets:
+                    won = won_by == k
+                    if tl.max(tl.max(won.to(tl.int32), 1), 0) != 0:
+                        t, rx, ry, ux, uy, inv_sigma, amp_t, e, moving = _segment_at(
+                            x, y, ax, ay, dx, dy, inv_length2, sigma, dsigma, amp, damp, flush)
+                        he = tl.where(won, h, 0.0) * e
+                        inv_s2 = inv_sigma * inv_sigma
+                        big_g = he * amp_t * (rx * rx + ry * ry) * inv_s2 * inv_sigma  # d value / d sigma(t)
+                        big_c = he * amp_t * inv_s2
+                        dv_dt = tl.where(moving, he * damp + big_g * dsigma, 0.0)  # V
+                        one_minus_t = 1.0 - t
+                        sum_v = tl.sum(tl.sum(dv_dt, 1), 0)
+                        sum_vwx = tl.sum(tl.sum(dv_dt * (ux - 2.0 * t * dx), 1), 0)
+                        sum_vwy = tl.sum(tl.sum(dv_dt * (uy - 2.0 * t * dy), 1), 0)
+                        grads = (
+                            tl.sum(tl.sum(one_minus_t * big_c * rx, 1), 0) + (-dx * sum_v - sum_vwx) * inv_length2,
+                            tl.sum(tl.sum(one_minus_t * big_c * ry, 1), 0) + (-dy * sum_v - sum_vwy) * inv_length2,
+                            tl.sum(tl.sum(t * big_c * rx, 1), 0) + sum_vwx * inv_length2,
+                            tl.sum(tl.sum(t * big_c * ry, 1), 0) + sum_vwy * inv_length2,
+                            tl.sum(tl.sum(one_minus_t * big_g, 1), 0),
+                            tl.sum(tl.sum(t * big_g, 1), 0),
+                            tl.sum(tl.sum(one_minus_t * he, 1), 0),
+                            tl.sum(tl.sum(t * he, 1), 0),
+                        )
+                        if DETERMINISTIC:  # this block's row, its tiles added in order
+                            at = partials_ptr + block_partials + s * n_segments + k
+                            for term in tl.static_range(_SEGMENT_GRADS):
+                                where = at + term * all_segments
+                                tl.store(where, tl.load(where) + grads[term])
+                        else:
+                            va = stroke_base + k
+                            vb = stroke_base + tl.minimum(k + 1, n_vertices - 1)
+                            tl.atomic_add(grad_paths_ptr + 2 * va, grads[0], sem="relaxed")
+                            tl.atomic_add(grad_paths_ptr + 2 * va + 1, grads[1], sem="relaxed")
+                            tl.atomic_add(grad_paths_ptr + 2 * vb, grads[2], sem="relaxed")
+                            tl.atomic_add(grad_paths_ptr + 2 * vb + 1, grads[3], sem="relaxed")
+                            tl.atomic_add(grad_sigmas_ptr + va, grads[4], sem="relaxed")
+                            tl.atomic_add(grad_sigmas_ptr + vb, grads[5], sem="relaxed")
+                            tl.atomic_add(grad_amps_ptr + va, grads[6], sem="relaxed")
+                            tl.atomic_add(grad_amps_ptr + vb, grads[7], sem="relaxed")
 
 
 @triton.jit
@@ -380,12 +380,13 @@ def _sum_partials_kernel(
     n_strokes,
     n_vertices,
     n_segments,
-    tiles_per_image,
+    rows_per_image,
     blocks_per_image,
     BLOCK_V: tl.constexpr,
 ):
     """The deterministic backward's second kernel: each vertex's gradients, from partials
-    [B, tiles, 8, S K] summed in tile order per segment, then its segment as a plus its segment as b."""
+    [B, rows, 8, S K] (a row per block of tiles) summed in row order per segment, then its segment as
+    a plus its segment as b. A program takes BLOCK_V vertices of one image."""
     pid = tl.program_id(0)
     b = (pid // blocks_per_image).to(tl.int64)
     vertex = (pid % blocks_per_image) * BLOCK_V + tl.arange(0, BLOCK_V)  # s P + j within the image
@@ -408,8 +409,8 @@ def _sum_partials_kernel(
     sigma_b = tl.zeros([BLOCK_V], dtype)
     amp_a = tl.zeros([BLOCK_V], dtype)
     amp_b = tl.zeros([BLOCK_V], dtype)
-    for tile in range(tiles_per_image):  # a fixed order: the same bits every run
-        base = partials_ptr + (b * tiles_per_image + tile) * _SEGMENT_GRADS * all_segments
+    for row in range(rows_per_image):  # a fixed order: the same bits every run
+        base = partials_ptr + (b * rows_per_image + row) * _SEGMENT_GRADS * all_segments
         x_a += tl.load(base + segment_a, mask=as_a, other=0.0)
         y_a += tl.load(base + all_segments + segment_a, mask=as_a, other=0.0)
         x_b += tl.load(base + 2 * all_segments + segment_b, mask=as_b, other=0.0)
@@ -423,6 +424,17 @@ def _sum_partials_kernel(
     tl.store(grad_paths_ptr + 2 * at + 1, y_a + y_b, mask=live)
     tl.store(grad_sigmas_ptr + at, sigma_a + sigma_b, mask=live)
     tl.store(grad_amps_ptr + at, amp_a + amp_b, mask=live)
+
+
+def _backward_blocks(deterministic: bool, batch: int, tiles: int, segments: int, itemsize: int,
+                     partials_bytes: int) -> int:
+    """Programs per image of the backward: one per tile, or (deterministic) as many as keep the
+    partials, a row of S K x 8 sums per program, within `partials_bytes`, each taking every
+    blocks-th tile in turn; at least one. It depends on the shapes and dtype alone, and so do the
+    gradients' bits: csrc/stroke_cuda_kernels.cuh plans its blocks alike."""
+    if not deterministic:
+        return tiles
+    return min(max(partials_bytes // (batch * segments * _SEGMENT_GRADS.value * itemsize), 1), tiles)
 
 
 def _config(height: int, width: int) -> dict:
@@ -498,11 +510,12 @@ def backward(
     temperature: float = 1.0,
     *,
     config: dict | None = None,
+    partials_bytes: int = DETERMINISTIC_PARTIALS_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the image w.r.t. paths, sigmas and amps, given what the forward `saved`: each
     pixel's reaches, per stroke, the segment that won the stroke's max there; the composite's share by
     the winner map (``"max"``, whose values outside [0, S max(P - 1, 1)) raise) or the per-pixel state.
-    `config`: a tile other than ``_config``'s."""
+    `config`: a tile other than ``_config``'s; `partials_bytes`: the deterministic partials' bound."""
     check_composite(composite, temperature, op=_OP)
     check_backward_layout(grad_image, paths, sigmas, amps, saved, composite, strokes=True)
     height, width = grad_image.shape[1:]
@@ -516,23 +529,25 @@ def backward(
     tiles_across, tiles_per_image = _tile_grid(height, width, config)
     capturing = _capturing(paths)
     bad_index = _flag_word(paths.device, capturing) if composite == "max" else None
-    # Zeroed: a program writes only the segments that meet its tile and win a pixel there.
-    partials = (paths.new_zeros(batch, tiles_per_image, _SEGMENT_GRADS.value, n_strokes * n_segments)
+    blocks_per_image = _backward_blocks(deterministic, batch, tiles_per_image, n_strokes * n_segments,
+                                        paths.element_size(), partials_bytes)
+    # Zeroed: a block adds to its row only the segments that meet its tiles and win a pixel there.
+    partials = (paths.new_zeros(batch, blocks_per_image, _SEGMENT_GRADS.value, n_strokes * n_segments)
                 if deterministic else None)  # fmt: skip
     with _on_device(paths):
-        _backward_kernel[(batch * tiles_per_image,)](
+        _backward_kernel[(batch * blocks_per_image,)](
             grad_image.contiguous(), paths.contiguous(), sigmas.contiguous(), amps.contiguous(), saved.contiguous(),
             _inverse_temperature(paths, composite, temperature), grad_paths, grad_sigmas, grad_amps, partials,
             bad_index, n_strokes, n_vertices, n_segments, height, width, tiles_across, tiles_per_image,
-            FLUSH=_flush_exponent(paths.dtype), REACH=_reach_per_sigma(paths.dtype),
+            blocks_per_image, FLUSH=_flush_exponent(paths.dtype), REACH=_reach_per_sigma(paths.dtype),
             COMPOSITE=COMPOSITES.index(composite), DETERMINISTIC=deterministic, **config,
         )  # fmt: skip
         if deterministic:
             block_v = min(_p2(n_strokes * n_vertices), 256)
-            blocks_per_image = _cdiv(n_strokes * n_vertices, block_v)
-            _sum_partials_kernel[(batch * blocks_per_image,)](
-                partials, grad_paths, grad_sigmas, grad_amps, n_strokes, n_vertices, n_segments, tiles_per_image,
-                blocks_per_image, BLOCK_V=block_v, num_warps=4,
+            vertex_blocks = _cdiv(n_strokes * n_vertices, block_v)
+            _sum_partials_kernel[(batch * vertex_blocks,)](
+                partials, grad_paths, grad_sigmas, grad_amps, n_strokes, n_vertices, n_segments, blocks_per_image,
+                vertex_blocks, BLOCK_V=block_v, num_warps=4,
             )  # fmt: skip
     if bad_index is not None and not capturing:
         raise_bad_index(bool(bad_index.item()), n_strokes * n_segments, "stroke_backward")  # the call's one host sync

@@ -343,7 +343,7 @@ int soft_backward(int64_t deterministic, int64_t composite, double temperature, 
 
 // stroke_render's pair (composite: splatkern::Composite; S >= 1). The forward writes the image and
 // `index` (max) or the soft state `saved`; the backward takes the same and writes every gradient,
-// its deterministic partials bounded by partials_bytes (0: the op's kStrokePartialsBytes).
+// its deterministic partials bounded by partials_bytes (0: the op's kDeterministicPartialsBytes).
 template <typename scalar_t>
 int stroke_forward(int64_t composite, double temperature, const scalar_t* paths, const scalar_t* sigmas,
                    const scalar_t* amps, int64_t batch, int64_t n_strokes, int64_t n_vertices, int64_t height,
@@ -367,7 +367,7 @@ int stroke_backward(int64_t deterministic, int64_t partials_bytes, int64_t compo
   try {
     const int64_t n_segments = n_strokes * std::max<int64_t>(n_vertices - 1, 1);
     const auto plan = stroke_backward_plan<scalar_t>(deterministic != 0, batch, height, width, n_segments,
-                                                     partials_bytes > 0 ? partials_bytes : kStrokePartialsBytes);
+                                                     partials_bytes > 0 ? partials_bytes : splatkern::kDeterministicPartialsBytes);
     std::vector<scalar_t> sums(plan.sums);
     launch_stroke_backward(emulated_launch, plan, splatkern::Composite(composite), temperature, deterministic != 0,
                            grad_image, paths, sigmas, amps, index, saved, batch, int(n_strokes), int(n_vertices),

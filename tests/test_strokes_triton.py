@@ -173,6 +173,34 @@ def test_several_tiles_match_reference(device, composite):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("composite", ["max", "smoothmax"])
+def test_bounded_deterministic_partials(device, composite):
+    """A budget of two rows of partials per image: two programs per image each add three of its six
+    tiles in turn. Bit-identical run to run, and the gradients of one row per tile, of the atomic sums
+    and of the oracle up to rounding."""
+    triton_strokes = kernels(device)
+    height, width = 13, 21
+    paths, sigmas, amps = random_strokes(2, 4, 4, composite=composite, device=device, seed=6, height=height,
+                                         width=width)
+    mode = dict(composite=composite, temperature=TEMPERATURE, config=dict(BLOCK_H=8, BLOCK_W=8, num_warps=1))
+    image, saved = triton_strokes.forward(paths, sigmas, amps, height, width, **mode)
+    upstream = upstream_like(image, 7)
+    row_bytes = 4 * 3 * 8 * paths.element_size()  # S K sums of 8 gradients
+    assert triton_strokes._backward_blocks(True, 2, 6, 4 * 3, paths.element_size(), 2 * 2 * row_bytes) == 2
+    bounded = [triton_strokes.backward(upstream, paths, sigmas, amps, saved, True, **mode,
+                                       partials_bytes=2 * 2 * row_bytes) for _ in range(2)]
+    assert all(torch.equal(g, h) for g, h in zip(*bounded, strict=True))
+    per_tile = triton_strokes.backward(upstream, paths, sigmas, amps, saved, True, **mode)
+    atomic = triton_strokes.backward(upstream, paths, sigmas, amps, saved, False, **mode)
+    _, _, ref_grads = reference(paths, sigmas, amps, height, width, composite, upstream)
+    for grads in (per_tile, atomic):
+        for bounded_grad, grad in zip(bounded[0], grads, strict=True):
+            torch.testing.assert_close(bounded_grad, grad, rtol=1e-10, atol=1e-12)
+    assert_grads_close(bounded[0], ref_grads, paths.dtype)
+    assert all(bool((g != 0).any()) for g in bounded[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("composite", COMPOSITES)
 def test_coincident_vertices_and_strokes_off_the_image(device, composite):
     """Segments with a = b (a whole stroke on one point, and a repeated vertex inside a stroke), a
