@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, for a bare GPU machine (H100/H200 with torch, triton, nvcc and
 # pytest installed, no network): build splatkern for sm_90, check the CUDA kernels' SASS, run the
-# GPU tests, run the GPU benchmarks, then the Triton block sweep with the time left. Every step has a
+# GPU tests, run the GPU benchmarks (splat_render's, then stroke_render's), then the Triton block
+# sweep with the time left. Every step has a
 # time limit, is logged, and a failure does not stop the next step. Run from anywhere:
 #
 #   bash bench/gpu_check.sh
 #
 # Results, written as they come so that a run cut short keeps what it measured, go to
 # ${OUT:-bench/results}/<device>/: in gpu/ (where bench/run.py puts its gpu preset) the log, with
-# nvidia-smi in it, and the benchmark's JSON/Markdown/plots, 7 files; in triton_sweep/ the sweep's
-# JSON alone, as the device tool brings back 8 files (`python bench/triton_sweep.py --report DIR`
+# nvidia-smi in it (and stroke_render's results, JSON and table), and the benchmark's
+# JSON/Markdown/plots, 7 files; in triton_sweep/ the sweep's JSON alone, as the device tool brings
+# back 8 files (`python bench/triton_sweep.py --report DIR`
 # renders its Markdown). GPU_CHECK_BUDGET_S (default 480) bounds the whole run;
 # PYTHON (default python3) picks the interpreter. Tests run in parallel processes (pytest-xdist)
 # and under a per-test time limit (pytest-timeout) where those plugins are installed.
@@ -78,8 +80,11 @@ say "backends on cuda: $(backends)"
 run_step sass 60 "$PYTHON" -m pytest tests/test_cuda_sass.py -q -rs -p no:cacheprovider
 run_step gpu-tests $(($(left) - 150 < 240 ? $(left) - 150 : 240)) \
   "$PYTHON" -m pytest tests -m gpu "${PYTEST_ARGS[@]}"
-run_step bench $(($(left) - 15 < 300 ? $(left) - 15 : 300)) \
+run_step bench $(($(left) - 165 < 300 ? $(left) - 165 : 300)) \
   "$PYTHON" bench/run.py --preset gpu --out "$OUT_DIR"
+# Into the log: the folder of results is full.
+run_step strokes $(($(left) - 15 < 150 ? $(left) - 15 : 150)) bash -c \
+  '"$PYTHON" bench/strokes.py --device cuda --out "$0" && cat "$0/results.json"' "$SCRATCH/strokes"
 # The sweep rewrites its JSON after every size (the issue's two target sizes first) and starts no
 # size after its own budget; a size cut off by the step's limit is lost, the ones before it are kept.
 run_step sweep $(($(left) - 10)) "$PYTHON" bench/triton_sweep.py --out "$SCRATCH/sweep" --budget-s $(($(left) - 60))

@@ -25,9 +25,9 @@ def run_child(script: str, arguments: list[str], env: dict[str, str]) -> dict:
     return json.loads(child.stdout)
 
 
-def cpu_meta() -> dict:
+def run_meta(device: torch.device) -> dict:
     commit, dirty = git_commit()
-    return {"device_name": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
+    return {"device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "git_commit": commit, "git_dirty": dirty}
 
 
@@ -39,8 +39,10 @@ def describe(meta: dict) -> str:
 
 def write_results(out: Path | None, study: str, meta: dict, measured: dict, lines: list[str]) -> Path:
     """results.json ({"meta", **measured}) and results.md (``lines``) into ``out``, by default
-    bench/results/cpu <model>/<study>/; prints the Markdown and returns the folder."""
-    out = out or REPO / "bench" / "results" / results_folder_name(f"cpu {meta['device_name']}") / study
+    bench/results/cpu <model>/<study>/ (a GPU's: bench/results/<model>/<study>/); prints the Markdown
+    and returns the folder."""
+    folder = meta["device_name"] if meta.get("device") == "cuda" else f"cpu {meta['device_name']}"
+    out = out or REPO / "bench" / "results" / results_folder_name(folder) / study
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, **measured}, indent=2) + "\n")
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as `python bench/tile_skipping.py`: make `b
 import torch  # noqa: E402
 
 from bench.harness import time_calls  # noqa: E402
-from bench.study import cpu_meta, describe, run_child, write_results  # noqa: E402
+from bench.study import describe, run_child, run_meta, write_results  # noqa: E402
 from splatkern import splat_render  # noqa: E402
 from splatkern.testing import SOFT_COMPOSITES  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
         print(json.dumps(measure_here()))
         return
     times = {name: run_child(__file__, [], {"SPLATKERN_CPU_SUPPORTS": value}) for name, value in SETTINGS.items()}
-    meta = cpu_meta()
+    meta = run_meta(torch.device("cpu"))
     lines = [f"# Support skipping of the soft composites, CPU forward+backward — {meta['device_name']}", "",
              describe(meta), "float32, median time per call; markers uniform over the canvas.", "",
              "| case | composite | supports ms | every pixel ms | saved |", "|---|---|---:|---:|---:|"]

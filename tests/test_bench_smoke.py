@@ -136,10 +136,11 @@ def test_the_stroke_study_writes_every_case_and_implementation(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["meta"]["quick"] is True and results["meta"]["torch"] == torch.__version__
     assert set(results["cases"]) == {case[0] for case in QUICK_CASES}
+    assert results["meta"]["device"] == "cpu"
     for implementations in results["cases"].values():
-        assert set(implementations) == set(IMPLEMENTATIONS)
+        assert set(implementations) == set(IMPLEMENTATIONS["cpu"])
         for measured in implementations.values():
             assert measured["median_s"] > 0 and measured["work_memory_mib"] >= 0
             assert 0 <= measured["culled"] < 1
     table = (tmp_path / "results.md").read_text()
-    assert table.count("| gesture: B=16 S=1 P=25") == len(IMPLEMENTATIONS) + 1  # + the culled share
+    assert table.count("| gesture: B=16 S=1 P=25") == len(IMPLEMENTATIONS["cpu"]) + 1  # + the culled share
