@@ -89,9 +89,9 @@ def measure(implementation: str, case: tuple, device: torch.device) -> dict:
     else:
         inputs_rss = current_rss_kib()
     step_call()  # warm-up (compiles)
-    slow = implementation.endswith("reference") and not on_gpu
-    timing = time_calls(step_call, device, min_sample_s=0.0 if slow else 0.05, samples=3 if slow else 9,
-                        max_total_s=60.0)
+    # Nine samples where they fit in a minute: the references' times swing by 2x between calls
+    # (their allocations), which three samples did not average out.
+    timing = time_calls(step_call, device, min_sample_s=0.05, samples=9, max_total_s=60.0)
     pairs = batch * strokes * max(vertices - 1, 1) * size * size
     if on_gpu:
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20

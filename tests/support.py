@@ -125,7 +125,11 @@ def soft_markers(composite, batch_shape, n_markers, height, width, **kwargs):
 def soft_state_reference(means, sigmas, amps, height, width, composite, temperature):
     """The per-pixel state a fused forward of a soft composite saves for its backward, [B, 2, H, W]
     (csrc/splat.cpp states it), from the reference's marker values, in their dtype."""
-    values = marker_values(means, sigmas, amps, height, width)  # [B, N, H, W]
+    return state_of_values(marker_values(means, sigmas, amps, height, width), composite, temperature)
+
+
+def state_of_values(values, composite, temperature):
+    """The soft state [B, 2, H, W] of per-marker (or per-stroke) values [B, N, H, W], in their dtype."""
     if composite == "smoothmax":
         log_sum = temperature * torch.logsumexp(values / temperature, dim=1)
         return torch.stack([log_sum, composite_reference(values, composite, temperature)], dim=1)

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from splatkern.facts import COMPOSITES, FLAW_BIT, SOFT_STATE_PLANES, STROKE_FLAW_MESSAGES, UNIT_AMP_COMPOSITES
-from splatkern.reference import composite_reference
-from splatkern.stroke_reference import stroke_render_reference, stroke_values
+from splatkern.stroke_reference import stroke_render_reference
 from splatkern.testing import NEAR_TIE, measure_close
 from support import TOLERANCES, measure_grads, random_like_image
 from test_cuda_emulated import DTYPE_NAMES, SCHEDULE_SEED, build_emulator, guarded_call
-from test_strokes_triton import segment_values
+from test_strokes_triton import segment_values, state_reference
 
 MODES = [("max", 1.0), ("softor", 1.0), ("over", 1.0), ("smoothmax", 0.3)]
 
@@ -107,17 +106,6 @@ def render(emulator, paths, sigmas, amps, height, width, composite, temperature,
                                partials_bytes)
 
 
-def soft_state_reference(paths, sigmas, amps, height, width, composite, temperature):
-    """The per-pixel state the soft forward saves (csrc/splat.cpp) from the oracle's stroke values."""
-    values, _ = stroke_values(paths, sigmas, amps, height, width)
-    if composite == "smoothmax":
-        log_sum = temperature * torch.logsumexp(values / temperature, dim=1)
-        return torch.stack([log_sum, composite_reference(values, composite, temperature)], dim=1)
-    factors = 1 - values
-    zero = factors == 0
-    return torch.stack([torch.where(zero, 1, factors).prod(dim=1), zero.sum(dim=1).to(values.dtype)], dim=1)
-
-
 def winner_values(index, paths, sigmas, amps, height, width):
     """[B, H, W] the oracle's value, differentiable, of the segment the winner map names at each pixel."""
     values = segment_values(paths, sigmas, amps, height, width)  # [B, S K, H, W]
@@ -178,7 +166,7 @@ def test_matches_reference(emulator, composite, temperature, shape, dtype, deter
         assert index.min() >= 0 and index.max() < n_strokes * max(n_vertices - 1, 1)
         assert_winners_match(index, *rounded, height, width, ref_image.detach(), dtype)
     else:
-        expected = soft_state_reference(*rounded, height, width, composite, temperature)
+        expected = state_reference(*rounded, height, width, composite, temperature)
         tolerance = 1e-12 if dtype == torch.float64 else 1e-5
         torch.testing.assert_close(state.double(), expected, rtol=tolerance, atol=tolerance)
 

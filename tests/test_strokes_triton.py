@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from support import TOLERANCES, assert_grads_close, require
+from support import TOLERANCES, assert_grads_close, require, state_of_values
 
 import splatkern
 from splatkern.facts import (
@@ -24,7 +24,6 @@ from splatkern.facts import (
     STROKE_FLAW_MESSAGES,
     UNIT_AMP_COMPOSITES,
 )
-from splatkern.reference import composite_reference
 from splatkern.stroke_reference import stroke_render_reference, stroke_values
 
 DEVICES = [pytest.param("cpu", id="cpu-interpreter"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
@@ -83,13 +82,7 @@ def clear_winners(paths, sigmas, amps, height, width):
 
 def state_reference(paths, sigmas, amps, height, width, composite, temperature):
     """The soft state a forward saves (csrc/splat.cpp) from the oracle's stroke values."""
-    values, _ = stroke_values(paths, sigmas, amps, height, width)  # [B, S, H, W]
-    if composite == "smoothmax":
-        log_sum = temperature * torch.logsumexp(values / temperature, dim=1)
-        return torch.stack([log_sum, composite_reference(values, composite, temperature)], dim=1)
-    factors = 1 - values
-    zero = factors == 0
-    return torch.stack([torch.where(zero, 1, factors).prod(dim=1), zero.sum(dim=1).to(values.dtype)], dim=1)
+    return state_of_values(stroke_values(paths, sigmas, amps, height, width)[0], composite, temperature)
 
 
 def reference(paths, sigmas, amps, height, width, composite, upstream):
