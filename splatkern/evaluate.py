@@ -3,7 +3,9 @@
 The article's measure: k-means on the test set, each cluster labelled with its majority class,
 errors = sum over clusters of (cluster size - majority count), accuracy = 1 - errors / N. A second,
 more stable measure: a linear probe (logistic regression fitted on the training set, scored on the
-test set). Both are computed on raw pixels and on the model's command features.
+test set). Both are computed on raw pixels, on the model's command features and on the commands'
+shape (:func:`shape_features`: what is left once where the drawing sits and how large it is are
+taken out).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from splatkern.data import ImageSet
 from splatkern.metrics import reconstruction_metrics
 from splatkern.models import Autoencoder
+from splatkern.models.markers import Commands, sigma_pixels
 
 SCALINGS = ("none", "standard", "whiten")
 REPORT_MD = "evaluation.md"
@@ -74,22 +77,42 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def shape_features(commands: Commands) -> torch.Tensor:
+    """``[B, 4 P]``: the drawing without its place and size. The P markers' positions minus their
+    mean, divided by their RMS distance from it (``2 P``); their widths (sigma) divided by that same
+    distance (``P``); their intensities (``P``). Moving every marker by one offset, or scaling the
+    positions and widths by one factor, leaves them unchanged."""
+    positions = commands.positions.double()
+    centred = positions - positions.mean(dim=1, keepdim=True)
+    radius = centred.square().sum(dim=2).mean(dim=1).sqrt().clamp_min(1e-12)[:, None]  # [B, 1]
+    widths = sigma_pixels(commands.sizes.double(), 1)
+    return torch.cat([(centred / radius[..., None]).flatten(1), widths / radius, commands.intensities.double()], 1)
+
+
+# The feature spaces drawn from a model's commands: its own features, and their shape.
+COMMAND_SPACES = {"commands": lambda commands: commands.features, "shape": shape_features}
+
+
 @torch.no_grad()
-def command_features(model: Autoencoder, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """The model's command features ``[N, F]`` (velocities + intensities for the gesture model,
-    positions + sizes for the static one)."""
+def command_features(model: Autoencoder, images: torch.Tensor, batch_size: int = 500,
+                     space: str = "commands") -> np.ndarray:
+    """The model's features ``[N, F]`` in ``space``: ``"commands"``, its own (velocities + intensities
+    for the gesture model, positions + sizes for the static one), or ``"shape"`` (:func:`shape_features`)."""
     device = next(model.parameters()).device
     batches = (images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size))
-    return torch.cat([model.commands(batch).features.cpu() for batch in batches]).double().numpy()
+    features = COMMAND_SPACES[space]
+    return torch.cat([features(model.commands(batch)).cpu() for batch in batches]).double().numpy()
 
 
 def evaluate(model: Autoencoder, train_set: ImageSet, test_set: ImageSet, *, k: int = 10, seed: int = 0,
              scaling: str = "none", probe_train_limit: int | None = 10000) -> dict:
-    """Reconstruction metrics on the test set, and k-means and linear-probe scores on pixels vs commands."""
+    """Reconstruction metrics on the test set, and k-means and linear-probe scores on pixels, on the
+    commands and on their shape."""
     probe_train = ImageSet(*(t[:probe_train_limit] for t in train_set))
     spaces = {
         "pixels": (probe_train.images.flatten(1).double().numpy(), test_set.images.flatten(1).double().numpy()),
-        "commands": (command_features(model, probe_train.images), command_features(model, test_set.images)),
+        **{space: (command_features(model, probe_train.images, space=space),
+                   command_features(model, test_set.images, space=space)) for space in COMMAND_SPACES},
     }
     train_labels, test_labels = probe_train.labels.numpy(), test_set.labels.numpy()
     table = {
@@ -109,7 +132,7 @@ def evaluate(model: Autoencoder, train_set: ImageSet, test_set: ImageSet, *, k: 
 
 
 def markdown(report: dict) -> str:
-    """The report as Markdown: reconstruction metrics, then the pixels-vs-commands table."""
+    """The report as Markdown: reconstruction metrics, then the table of feature spaces."""
     rec, settings = report["reconstruction"], report["settings"]
     lines = [
         f"Test reconstruction: pixel accuracy {rec['accuracy']:.4f} (all-black image: {rec['black_accuracy']:.4f}), "

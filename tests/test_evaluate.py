@@ -6,6 +6,7 @@ import torch
 
 from splatkern import data, evaluate
 from splatkern.models import ModelConfig, build_model
+from splatkern.models.markers import VAR_FLOOR, VARCOEF, Commands, sigma_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,13 +55,33 @@ def test_linear_probe_reads_separable_classes():
     assert evaluate.probe_accuracy(features, labels, test_features, test_labels) == 1.0
 
 
-def test_report_has_both_feature_spaces_and_writes_markdown_and_json(tmp_path):
+def test_shape_features_ignore_where_the_drawing_sits_and_its_size():
+    torch.manual_seed(0)
+    positions, sizes = torch.rand(3, 5, 2), torch.rand(3, 5)
+    commands = Commands(positions, sizes, torch.rand(3, 5), features=torch.zeros(3, 1))
+    shape = evaluate.shape_features(commands)
+    assert shape.shape == (3, 20)
+    # moved by an offset per image, and twice as large: positions and widths (sigma) both double
+    widths = sigma_pixels(sizes.double(), 1) * 2
+    larger_sizes = ((2 * widths.square() - VAR_FLOOR) / VARCOEF).float()
+    moved = Commands(2 * positions + torch.tensor([[[0.3, -0.2]]]), larger_sizes, commands.intensities,
+                     features=torch.zeros(3, 1))
+    torch.testing.assert_close(evaluate.shape_features(moved), shape, rtol=1e-5, atol=1e-6)
+    centred = shape[:, :10].reshape(3, 5, 2)
+    torch.testing.assert_close(centred.mean(1), torch.zeros(3, 2, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(centred.square().sum(2).mean(1), torch.ones(3, dtype=torch.float64))
+    assert not torch.allclose(evaluate.shape_features(Commands(positions.flip(1), sizes, commands.intensities,
+                                                               features=torch.zeros(3, 1))), shape)
+
+
+def test_report_has_every_feature_space_and_writes_markdown_and_json(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(model="static"))
     train_set, test_set = data.load("digits", "train", limit=100), data.load("digits", "test", limit=60)
     report = evaluate.evaluate(model, train_set, test_set, k=4, probe_train_limit=80)
     assert report["settings"] == {"k": 4, "seed": 0, "scaling": "none", "test_images": 60, "probe_train_images": 80}
     assert report["features"]["pixels"]["dims"] == 784 and report["features"]["commands"]["dims"] == 30
+    assert report["features"]["shape"]["dims"] == 40  # 10 markers: 2 + 1 + 1 numbers each
     for row in report["features"].values():
         assert 0 <= row["kmeans"]["errors"] <= 60 and 0 <= row["probe_accuracy"] <= 1
     rec = report["reconstruction"]
