@@ -98,7 +98,7 @@ def assert_matches_reference(backend, device, dtype, shape, composite, *, determ
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, [*s[0], *s[1:]])))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
+@pytest.mark.parametrize("device,backend", FUSED_CASES)
 def test_fused_backends_match_the_oracle(device, backend, composite, dtype, shape):
     require(device, backend)
     if backend == "triton" and device == "cpu" and (dtype not in (torch.float32, torch.float64) or shape[3] > 40):
@@ -116,7 +116,7 @@ def test_reference_backend_is_the_oracle_through_the_op():
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
+@pytest.mark.parametrize("device,backend", FUSED_CASES)
 def test_gradcheck(device, backend, composite):
     """Finite differences of the fused op in float64, on strokes with distinct values everywhere."""
     require(device, backend)
@@ -132,7 +132,7 @@ def test_gradcheck(device, backend, composite):
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
+@pytest.mark.parametrize("device,backend", FUSED_CASES)
 def test_opcheck(device, backend, composite):
     require(device, backend)
     forward_name, backward_name = STROKE_OPS[backend]
@@ -145,7 +145,7 @@ def test_opcheck(device, backend, composite):
                                      True, composite, 0.5))
 
 
-@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
+@pytest.mark.parametrize("device,backend", FUSED_CASES)
 def test_compile_and_func_give_eager_results(device, backend):
     require(device, backend)
     paths, sigmas, amps = make_strokes((2,), 2, 5, 12, 13, device=device, unit_amps=True)
@@ -164,7 +164,7 @@ def test_compile_and_func_give_eager_results(device, backend):
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)
-@pytest.mark.parametrize("device,backend", [case.values for case in FUSED_CASES])
+@pytest.mark.parametrize("device,backend", FUSED_CASES)
 def test_deterministic_repeats_are_bit_identical(device, backend, composite):
     require(device, backend)
     inputs = make_strokes((3,), 4, 6, 30, 31, device=device, unit_amps=True, seed=5)
@@ -180,7 +180,7 @@ def test_deterministic_repeats_are_bit_identical(device, backend, composite):
 
 
 def fused_backends():
-    return [case.values for case in FUSED_CASES] + [("cpu", "reference")]
+    return [*FUSED_CASES, pytest.param("cpu", "reference", id="cpu-reference")]
 
 
 @pytest.mark.parametrize("device,backend", fused_backends())
