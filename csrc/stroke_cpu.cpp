@@ -44,8 +44,8 @@ struct Box {
 };
 
 // One segment as the kernels read it: a = vertex k, b = vertex min(k + 1, P - 1), d = b - a,
-// inv_length2 = 1 / |d|^2 (0 where a = b: t = 0), sigma(t) = sigma + t dsigma, amp(t) = amp + t damp;
-// t0 = u . d / |d|^2 = ux tx + uy ty with (tx, ty) = d / |d|^2.
+// (tx, ty) = d / |d|^2 (0 where a = b: t = 0), so that t0 = u . d / |d|^2 = ux tx + uy ty;
+// sigma(t) = sigma + t dsigma, amp(t) = amp + t damp.
 template <typename scalar_t>
 struct Segment {
   scalar_t ax, ay, dx, dy, tx, ty, sigma, dsigma, amp, damp;

@@ -94,14 +94,17 @@ COMMAND_SPACES = {"commands": lambda commands: commands.features, "shape": shape
 
 
 @torch.no_grad()
-def command_features(model: Autoencoder, images: torch.Tensor, batch_size: int = 500,
-                     space: str = "commands") -> np.ndarray:
-    """The model's features ``[N, F]`` in ``space``: ``"commands"``, its own (velocities + intensities
-    for the gesture model, positions + sizes for the static one), or ``"shape"`` (:func:`shape_features`)."""
+def command_features(model: Autoencoder, images: torch.Tensor, batch_size: int = 500) -> dict[str, np.ndarray]:
+    """The model's features ``[N, F]`` in each of COMMAND_SPACES, from one pass of the encoder:
+    ``"commands"``, its own (velocities + intensities for the gesture model, positions + sizes for the
+    static one), and ``"shape"`` (:func:`shape_features`)."""
     device = next(model.parameters()).device
-    batches = (images[i : i + batch_size].to(device) for i in range(0, len(images), batch_size))
-    features = COMMAND_SPACES[space]
-    return torch.cat([features(model.commands(batch)).cpu() for batch in batches]).double().numpy()
+    parts: dict[str, list[torch.Tensor]] = {space: [] for space in COMMAND_SPACES}
+    for start in range(0, len(images), batch_size):
+        commands = model.commands(images[start : start + batch_size].to(device))
+        for space, features in COMMAND_SPACES.items():
+            parts[space].append(features(commands).cpu())
+    return {space: torch.cat(chunks).double().numpy() for space, chunks in parts.items()}
 
 
 def evaluate(model: Autoencoder, train_set: ImageSet, test_set: ImageSet, *, k: int = 10, seed: int = 0,
@@ -111,9 +114,9 @@ def evaluate(model: Autoencoder, train_set: ImageSet, test_set: ImageSet, *, k: 
     probe_train = ImageSet(*(t[:probe_train_limit] for t in train_set))
     spaces = {
         "pixels": (probe_train.images.flatten(1).double().numpy(), test_set.images.flatten(1).double().numpy()),
-        **{space: (command_features(model, probe_train.images, space=space),
-                   command_features(model, test_set.images, space=space)) for space in COMMAND_SPACES},
     }
+    train_commands, test_commands = command_features(model, probe_train.images), command_features(model, test_set.images)
+    spaces.update({space: (train_commands[space], test_commands[space]) for space in COMMAND_SPACES})
     train_labels, test_labels = probe_train.labels.numpy(), test_set.labels.numpy()
     table = {
         name: {
