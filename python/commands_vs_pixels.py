@@ -12,7 +12,8 @@ each configuration's mean and standard deviation over the seeds, and its collaps
 Each run trains into OUT/<dataset>/<configuration>-s<seed>/: a finished run there is evaluated
 without training again, an interrupted one resumes. After every run, OUT/<dataset>.json holds every
 finished run's report, those of earlier calls with other grids included, and OUT/<dataset>.md the
-table; runs go --jobs at a time, one torch thread each.
+table; runs go --jobs at a time, one torch thread each. A run's folder does not name its epochs:
+runs of another --epochs go into another --out.
 """
 
 from __future__ import annotations
@@ -63,15 +64,19 @@ def run_one(config: dict, seed: int, args: argparse.Namespace) -> dict:
     trained = train.train(train_config, resume=checkpoint.exists(), progress=False)
     train_set = data.load(args.dataset, "train", args.data_dir, download=False, limit=args.probe_train_limit)
     test_set = data.load(args.dataset, "test", args.data_dir, download=False, limit=args.test_limit)
-    reports = {scaling: evaluate.evaluate(trained.model, train_set, test_set, seed=seed, scaling=scaling,
-                                          probe_train_limit=args.probe_train_limit)
-               for scaling in args.scalings}
-    first = reports[args.scalings[0]]
-    return {"configuration": config, "seed": seed, "epochs": args.epochs, "reconstruction": first["reconstruction"],
-            "probe_accuracy": {space: first["features"][space]["probe_accuracy"] for space in SPACES},
-            "dims": {space: first["features"][space]["dims"] for space in SPACES},
-            "kmeans": {scaling: {space: report["features"][space]["kmeans"] for space in SPACES}
-                       for scaling, report in reports.items()}}
+    first, *others = args.scalings
+    report = evaluate.evaluate(trained.model, train_set, test_set, seed=seed, scaling=first,
+                               probe_train_limit=args.probe_train_limit)
+    kmeans = {first: {space: report["features"][space]["kmeans"] for space in SPACES}}
+    if others:  # only k-means depends on the scaling: the probes and the reconstruction are not redone
+        test_features = {"pixels": test_set.images.flatten(1).double().numpy(),
+                         **evaluate.command_features(trained.model, test_set.images)}
+        labels = test_set.labels.numpy()
+        kmeans.update({scaling: {space: evaluate.kmeans_accuracy(test_features[space], labels, seed=seed, scaling=scaling)
+                                 for space in SPACES} for scaling in others})
+    return {"configuration": config, "seed": seed, "epochs": args.epochs, "reconstruction": report["reconstruction"],
+            "probe_accuracy": {space: report["features"][space]["probe_accuracy"] for space in SPACES},
+            "dims": {space: report["features"][space]["dims"] for space in SPACES}, "kmeans": kmeans}
 
 
 def mean_sd(values: list[float], percent: bool = False) -> str:
@@ -83,12 +88,13 @@ def mean_sd(values: list[float], percent: bool = False) -> str:
 
 def table(runs: list[dict], scalings: list[str]) -> list[str]:
     """Per configuration, mean ± sd over its seeds: reconstruction, k-means accuracy (%) per feature
-    space and scaling, linear probe accuracy (%) per feature space."""
+    space and scaling, the commands' lead over pixels in k-means (the first scaling; the mean of the
+    per-seed differences, and the smallest), linear probe accuracy (%) per feature space."""
     kmeans_columns = [(space, scaling) for scaling in scalings for space in SPACES]
     lines = ["| configuration | epochs | seeds | collapsed | test MSE | pixel accuracy | "
              + " | ".join(f"k-means {space} ({scaling})" for space, scaling in kmeans_columns) + " | "
-             + " | ".join(f"probe {space}" for space in SPACES) + " |",
-             "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(kmeans_columns) + len(SPACES))]
+             + f"commands − pixels ({scalings[0]}; min) | " + " | ".join(f"probe {space}" for space in SPACES) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(kmeans_columns) + 1 + len(SPACES))]
     by_label: dict[tuple[str, int], list[dict]] = {}
     for run in runs:
         by_label.setdefault((label(run["configuration"]), run["epochs"]), []).append(run)
@@ -99,6 +105,9 @@ def table(runs: list[dict], scalings: list[str]) -> list[str]:
                  mean_sd([r["accuracy"] for r in rec])]
         cells += [mean_sd([run["kmeans"][scaling][space]["accuracy"] for run in group], percent=True)
                   for space, scaling in kmeans_columns]
+        lead = [100 * (run["kmeans"][scalings[0]]["commands"]["accuracy"] - run["kmeans"][scalings[0]]["pixels"]["accuracy"])
+                for run in group]
+        cells.append(f"{statistics.mean(lead):+.2f} ({min(lead):+.2f})")
         cells += [mean_sd([run["probe_accuracy"][space] for run in group], percent=True) for space in SPACES]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from splatkern import data, evaluate, train
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -21,6 +25,7 @@ def run_script(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return completed
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_every_run_is_trained_evaluated_and_tabulated_once(tmp_path):
     run_script(tmp_path)
     runs = json.loads((tmp_path / "digits.json").read_text())
@@ -35,6 +40,18 @@ def test_every_run_is_trained_evaluated_and_tabulated_once(tmp_path):
     table = (tmp_path / "digits.md").read_text()
     assert table.count("| points-k1-max-mlp | 1 | 2 | ") == 1 and table.count("| stroke-k1-max-mlp | 1 | 2 | ") == 1
     assert "k-means shape (standard)" in table and "probe shape" in table
+    for primitive in ("points", "stroke"):  # the commands' lead over pixels: per seed, then its mean and min
+        group = [run["kmeans"]["none"] for run in runs if run["configuration"]["primitive"] == primitive]
+        lead = [100 * (scores["commands"]["accuracy"] - scores["pixels"]["accuracy"]) for scores in group]
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {primitive}-k1-max-mlp |")]
+        assert f"| {sum(lead) / 2:+.2f} ({min(lead):+.2f}) |" in row
+
+    # every scaling's k-means is evaluate()'s with that scaling, though the probes ran once
+    model, _, _ = train.load_trained(tmp_path / "digits" / "stroke-k1-max-mlp-s1" / train.CHECKPOINT)
+    report = evaluate.evaluate(model, data.load("digits", "train", limit=60), data.load("digits", "test", limit=40),
+                               seed=1, scaling="standard", probe_train_limit=60)
+    (run,) = [run for run in runs if (run["configuration"]["primitive"], run["seed"]) == ("stroke", 1)]
+    assert run["kmeans"]["standard"] == {space: report["features"][space]["kmeans"] for space in run["dims"]}
 
     checkpoints = sorted((tmp_path / "digits").glob("*/checkpoint.pt"))
     assert len(checkpoints) == 4
