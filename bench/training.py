@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 import splatkern.ops
 from bench.harness import interquartile_range, synchronize, time_calls
 from splatkern import data
-from splatkern.models import ModelConfig, build_model
+from splatkern.models import ARTICLE_GESTURE, build_model
 
 WARMUP_STEPS = 2
 LEARNING_RATE = 1e-3  # the article's
@@ -32,7 +33,7 @@ LEARNING_RATE = 1e-3  # the article's
 def build_gesture_model(backend: str) -> torch.nn.Module:
     """The article's gesture autoencoder drawing with `backend`: ``model(images [B, 28, 28])``
     returns ``(reconstruction [B, 28, 28], commands)``."""
-    return build_model(ModelConfig(model="gesture", backend=backend))
+    return build_model(replace(ARTICLE_GESTURE, backend=backend))
 
 
 def load_images(count: int, data_dir: Path) -> tuple[torch.Tensor, str]:

@@ -5,10 +5,10 @@ The article gives no clustering figure for EMNIST; k = 26, one cluster per lette
 
 from experiment import run
 
-from splatkern.models import ModelConfig
+from splatkern.models import ARTICLE_GESTURE
 
 ARTICLE = {"test_accuracy": 0.980, "test_mse": 0.0234}
 
 if __name__ == "__main__":
-    raise SystemExit(run("emnist-gesture", ModelConfig(model="gesture", points=25, step_size=3.0), "emnist-letters",
+    raise SystemExit(run("emnist-gesture", ARTICLE_GESTURE, "emnist-letters",
                          epochs=50, article=ARTICLE, k=26, train_limit=60000, test_limit=10000))

@@ -1,12 +1,13 @@
-"""The gesture model's stability over seeds: for each initialisation and compositing mode, train
+"""The article's gesture model's stability over seeds: for each initialisation and compositing mode, train
 several seeds briefly on MNIST and report each run's final test MSE, and how many collapsed to the
 all-black image."""
 
 import argparse
+from dataclasses import replace
 
 from splatkern import data, train
 from splatkern.facts import COMPOSITES
-from splatkern.models import INITS, ModelConfig
+from splatkern.models import ARTICLE_GESTURE, INITS
 
 COLLAPSED = 0.9  # a run whose test MSE is above this fraction of the all-black image's has collapsed
 
@@ -31,7 +32,7 @@ def main() -> None:
         for composite in args.composites:
             results = []
             for seed in range(args.seeds):
-                model = ModelConfig(init=init, composite=composite, temperature=args.temperature)
+                model = replace(ARTICLE_GESTURE, init=init, composite=composite, temperature=args.temperature)
                 config = train.TrainConfig(model=model, dataset="mnist", data_dir=args.data_dir,
                                            train_limit=16 * args.steps, test_limit=1000, epochs=1, seed=seed,
                                            animation_samples=0, out_dir=f"{args.out}/{init}-{composite}-{seed}")

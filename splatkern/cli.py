@@ -15,13 +15,12 @@ import torch
 # commands import it when they run (train imports tqdm only while training).
 from splatkern import data, evaluate, train
 from splatkern.facts import COMPOSITES
-from splatkern.models import INITS, MODELS, PRIMITIVES, ModelConfig
+from splatkern.models import INITS, MODEL_DEFAULTS, MODELS, PRIMITIVES, ModelConfig
 from splatkern.models.encoders import ENCODERS
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in fields(train.TrainConfig)} - {"model"}
 TRAIN_OUT = train.TrainConfig.out_dir
-DEMO_EPOCHS = 25
 DEMO_OUT = "runs/demo"
 PICTURE_SAMPLES = 16
 # The import names of the packages of the `train` extra (pyproject.toml), which every run command needs.
@@ -70,18 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     data_flags.add_argument("--test-limit", type=int, help="use the first N test images")
 
     fit = commands.add_parser("train", parents=[run_flags(TRAIN_OUT), data_flags], help="train an autoencoder")
-    fit.add_argument("--model", choices=MODELS)
-    fit.add_argument("--encoder", choices=tuple(ENCODERS))
-    fit.add_argument("--points", type=int, help="markers per image, per stroke for gesture (default 25 gesture, 10 static)")
+    fit.add_argument("--model", choices=MODELS, help="default gesture")
+    fit.add_argument("--encoder", choices=tuple(ENCODERS), help="the image encoder (default mlp, the article's)")
+    fit.add_argument("--points", type=int, help="markers per image, per stroke for gesture " + _model_default("points"))
     fit.add_argument("--step-size", type=float, help="gesture: largest step per marker, in pixels (default 3)")
     fit.add_argument("--init", choices=INITS, help="sweep (stable, default), default (PyTorch), glorot (the article's)")
     fit.add_argument("--backend", help="splat_render backend (default auto)")
     fit.add_argument("--composite", choices=COMPOSITES,
-                     help="how the markers are composited per pixel (default max, the article's)")
+                     help="how the markers are composited per pixel " + _model_default("composite"))
     fit.add_argument("--temperature", type=float, help="smoothmax's softmax temperature (default 1)")
     fit.add_argument("--primitive", choices=PRIMITIVES,
-                     help="gesture: draw the markers as dots (default, the article's) or as continuous strokes")
-    fit.add_argument("--strokes", type=int, help="gesture: pen strokes per image, each with its own start (default 1)")
+                     help="gesture: draw the markers as dots or as continuous strokes " + _model_default("primitive"))
+    fit.add_argument("--strokes", type=int,
+                     help="gesture: pen strokes per image, each with its own start " + _model_default("strokes"))
     fit.add_argument("--dataset", choices=data.DATASETS, help="default digits (scikit-learn's, no files needed)")
     fit.add_argument("--train-limit", type=int, help="use the first N training images")
     fit.add_argument("--epochs", type=int, help="default 50")
@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", parents=[run_flags(DEMO_OUT)], help="train the gesture model on the built-in digits, "
                                "then write its pictures and clustering table")
-    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    demo.add_argument("--epochs", type=int, default=train.TrainConfig.epochs,
+                      help=f"default {train.TrainConfig.epochs}, as `splatkern train`")
     demo.add_argument("--seed", type=int, default=0)
     _add_eval_flags(demo)
     demo.set_defaults(run=_demo, command="demo", needs=TRAIN_EXTRA)
@@ -124,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_default(setting: str) -> str:
+    """A model setting's default for each model, for --help: "(default softor gesture, max static)"."""
+    return "(default " + ", ".join(f"{defaults[setting]} {model}" for model, defaults in MODEL_DEFAULTS.items()) + ")"
+
+
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=10, help="k-means clusters (default 10)")
     parser.add_argument("--scaling", choices=evaluate.SCALINGS, default="none", help="feature scaling before k-means")
@@ -132,10 +138,12 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> train.TrainConfig:
-    """The defaults (or, with --resume, the run's saved settings) overridden by the flags given."""
+    """The defaults (or, with --resume, the run's saved settings) overridden by the flags given. A new
+    run's model settings not given are its model's defaults (models.MODEL_DEFAULTS)."""
     base = train.saved_config(args.out_dir) if args.resume else train.TrainConfig()
     given = {name: value for name, value in vars(args).items() if value is not None}
-    model = replace(base.model, **{name: given[name] for name in MODEL_FIELDS & given.keys()})
+    model_flags = {name: given[name] for name in MODEL_FIELDS & given.keys()}
+    model = replace(base.model, **model_flags) if args.resume else ModelConfig(**model_flags)
     return replace(base, model=model, **{name: given[name] for name in TRAIN_FIELDS & given.keys()})
 
 

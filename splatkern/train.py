@@ -32,12 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from splatkern import data
 from splatkern.metrics import pixel_hits, reconstruction_metrics
-from splatkern.models import Autoencoder, ModelConfig, build_model
+from splatkern.models import ARTICLE_GESTURE, Autoencoder, ModelConfig, build_model
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 FRAMES_PER_DOUBLING = 4  # animation frames are kept at log-spaced steps: 4 per doubling of the step
+# Model settings added after the first checkpoints were saved: a run that did not record one drew it
+# the article's way, whatever today's default.
+LATER_MODEL_SETTINGS = ("composite", "temperature", "primitive", "strokes")
 
 
 @dataclass
@@ -62,7 +65,9 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown training settings {sorted(unknown)}")
-        return cls(**{**values, "model": ModelConfig(**values.get("model", {}))})
+        saved = values.get("model", {})
+        unrecorded = {name: getattr(ARTICLE_GESTURE, name) for name in LATER_MODEL_SETTINGS if name not in saved}
+        return cls(**{**values, "model": ModelConfig(**unrecorded, **saved)})
 
 
 @dataclass

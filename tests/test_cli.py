@@ -24,7 +24,8 @@ def _sizes(path: Path) -> tuple[tuple[int, int], int]:
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert cli.main(["train", "--dataset", "digits", "--train-limit", "64", "--test-limit", "16", "--epochs", "2",
-                     "--points", "9", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+                     "--points", "9", "--primitive", "points", "--strokes", "1", "--device", "cpu", "--out", str(out),
+                     "--no-progress"]) == 0
     return out
 
 
@@ -193,4 +194,4 @@ def test_composite_and_temperature_flags_reach_the_model_config(tmp_path):
     config = cli._train_config(cli._parser().parse_args(["train", "--composite", "smoothmax", "--temperature", "0.2",
                                                          "--out", str(tmp_path)]))
     assert (config.model.composite, config.model.temperature) == ("smoothmax", 0.2)
-    assert cli._train_config(cli._parser().parse_args(["train", "--out", str(tmp_path)])).model.composite == "max"
+    assert cli._train_config(cli._parser().parse_args(["train", "--out", str(tmp_path)])).model.composite == "softor"

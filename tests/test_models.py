@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from splatkern import data, stroke_render
-from splatkern.models import Commands, GestureDecoder, ModelConfig, build_model, draw
+from splatkern.models import ARTICLE_GESTURE, Commands, GestureDecoder, ModelConfig, build_model, draw
 from splatkern.models.gesture import START, SWEEP_END_X
 from splatkern.models.markers import VAR_FLOOR, VARCOEF, sigma_pixels
 
@@ -18,7 +20,7 @@ def digits():
 @pytest.mark.parametrize("model,points", [("gesture", 25), ("static", 10), ("gesture", 7)])
 def test_shapes_and_output_ranges(digits, model, points, encoder):
     torch.manual_seed(0)
-    autoencoder = build_model(ModelConfig(model=model, encoder=encoder, points=points))
+    autoencoder = build_model(ModelConfig(model=model, encoder=encoder, points=points, strokes=1))
     image, commands = autoencoder(digits)
     batch = len(digits)
     assert image.shape == (batch, 28, 28)
@@ -68,7 +70,7 @@ def test_marker_size_follows_the_article_variance_in_normalised_coordinates():
 def test_sweep_init_starts_every_image_with_one_line_across_the_canvas(digits):
     torch.manual_seed(3)
     with torch.no_grad():
-        _, commands = build_model(ModelConfig(model="gesture", init="sweep"))(digits)
+        _, commands = build_model(ModelConfig(model="gesture", init="sweep", strokes=1))(digits)
     xs, ys = commands.positions[..., 0], commands.positions[..., 1]
     assert torch.allclose(xs[:, -1], torch.full((len(digits),), SWEEP_END_X), atol=0.05)
     assert torch.allclose(ys, torch.full_like(ys, START[1]), atol=0.05)  # within 1.4 px of the middle row
@@ -97,7 +99,7 @@ def test_the_model_draws_with_its_composite(digits, composite):
     """ModelConfig.composite (train --composite) reaches splat_render: the model's image is its commands
     drawn in that mode, and every marker gets gradient."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(composite=composite, temperature=0.3, points=9))
+    model = build_model(replace(ARTICLE_GESTURE, composite=composite, temperature=0.3, points=9))
     images, commands = model(digits[:4])
     torch.testing.assert_close(images, draw(commands, 28, composite=composite, temperature=0.3))
     assert not torch.allclose(images, draw(commands, 28))
@@ -116,7 +118,7 @@ def test_the_stroke_primitive_draws_each_stroke_as_one_polyline(digits):
     """--primitive stroke: the model's image is stroke_render of its markers as one stroke's vertices (vertex
     sigmas and amps from the markers' sizes and intensities); unlike points, the line has no gaps."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(primitive="stroke", points=6, step_size=5.0))
+    model = build_model(replace(ARTICLE_GESTURE, primitive="stroke", points=6, step_size=5.0))
     images, commands = model(digits[:3])
     positions, sizes, intensities = commands.as_strokes()
     assert positions.shape == (3, 1, 6, 2) and sizes.shape == intensities.shape == (3, 1, 6)
@@ -132,7 +134,7 @@ def test_multi_stroke_gestures_lift_the_pen_between_strokes(digits):
     """--strokes K: K strokes of `points` markers, each from its own learned start point; drawing them is
     the max of drawing each stroke alone (no segment joins one stroke's end to the next one's start)."""
     torch.manual_seed(1)
-    model = build_model(ModelConfig(primitive="stroke", strokes=3, points=5, init="default"))
+    model = build_model(ModelConfig(primitive="stroke", strokes=3, points=5, init="default", composite="max"))
     images, commands = model(digits[:4])
     assert commands.positions.shape == (4, 15, 2) and commands.features.shape == (4, 15 * 3 + 3 * 2)
     positions, sizes, intensities = commands.as_strokes()
