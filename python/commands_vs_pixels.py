@@ -69,8 +69,7 @@ def run_one(config: dict, seed: int, args: argparse.Namespace) -> dict:
                                probe_train_limit=args.probe_train_limit)
     kmeans = {first: {space: report["features"][space]["kmeans"] for space in SPACES}}
     if others:  # only k-means depends on the scaling: the probes and the reconstruction are not redone
-        test_features = {"pixels": test_set.images.flatten(1).double().numpy(),
-                         **evaluate.command_features(trained.model, test_set.images)}
+        test_features = evaluate.feature_spaces(trained.model, test_set.images)
         labels = test_set.labels.numpy()
         kmeans.update({scaling: {space: evaluate.kmeans_accuracy(test_features[space], labels, seed=seed, scaling=scaling)
                                  for space in SPACES} for scaling in others})

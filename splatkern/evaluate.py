@@ -107,16 +107,18 @@ def command_features(model: Autoencoder, images: torch.Tensor, batch_size: int =
     return {space: torch.cat(chunks).double().numpy() for space, chunks in parts.items()}
 
 
+def feature_spaces(model: Autoencoder, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """``images`` in every feature space that is scored: ``"pixels"``, then each of COMMAND_SPACES."""
+    return {"pixels": images.flatten(1).double().numpy(), **command_features(model, images)}
+
+
 def evaluate(model: Autoencoder, train_set: ImageSet, test_set: ImageSet, *, k: int = 10, seed: int = 0,
              scaling: str = "none", probe_train_limit: int | None = 10000) -> dict:
     """Reconstruction metrics on the test set, and k-means and linear-probe scores on pixels, on the
     commands and on their shape."""
     probe_train = ImageSet(*(t[:probe_train_limit] for t in train_set))
-    spaces = {
-        "pixels": (probe_train.images.flatten(1).double().numpy(), test_set.images.flatten(1).double().numpy()),
-    }
-    train_commands, test_commands = command_features(model, probe_train.images), command_features(model, test_set.images)
-    spaces.update({space: (train_commands[space], test_commands[space]) for space in COMMAND_SPACES})
+    train_spaces, test_spaces = feature_spaces(model, probe_train.images), feature_spaces(model, test_set.images)
+    spaces = {space: (train_spaces[space], test_spaces[space]) for space in test_spaces}
     train_labels, test_labels = probe_train.labels.numpy(), test_set.labels.numpy()
     table = {
         name: {

@@ -4,8 +4,9 @@ model's 25 markers per stroke as two continuous strokes, composited by softor, r
 MLP encoder; they train with the article's settings: batch 16, Adam at learning rate 1e-3, 50
 epochs, and k-means with k = 10 for the clustering table. The demo is `splatkern train` on the
 digits. The article's own model stays one named configuration, ARTICLE_GESTURE (25 dots of at most
-3 px steps on a 28 px canvas, max, the MLP encoder), which python/mnist_gesture.py runs. The article's init is not the default on purpose: it
-collapses on most seeds (test_train.py, the sweep init)."""
+3 px steps on a 28 px canvas, max, the MLP encoder), which python/mnist_gesture.py runs. The
+article's init is not the default on purpose: it collapses on most seeds (test_train.py, the sweep
+init)."""
 
 import ast
 from dataclasses import asdict
